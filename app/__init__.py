@@ -1,0 +1,52 @@
+"""The web front end: the JSON API, the live form, health and the OpenAPI document.
+
+``create_app()`` is the entry point (gunicorn: ``app:create_app()``). It never runs
+an agent: it validates, persists, enqueues and answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from flask import Flask, g, request
+from flask.wrappers import Response
+
+from app import api, events, health, openapi, web
+from app.context import WebContext
+from app.errors import register_error_handlers
+from app.queueing import StepQueue
+from celeriac.services import Services
+from config.logging import configure_logging
+from config.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
+    settings = settings or Settings()
+    if configure_logs:
+        secrets = [k for k in (settings.provider_key("anthropic"),
+                               settings.provider_key("openai")) if k]
+        configure_logging(settings.log_level, secrets)
+    flask_app = Flask(__name__)
+    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    flask_app.json.sort_keys = False  # type: ignore[attr-defined]
+    services = Services(settings)
+    services.db  # noqa: B018 - create the schema at start-up, not on the first request
+    flask_app.extensions["celeriac"] = WebContext(services=services, queue=StepQueue(settings))
+    register_error_handlers(flask_app)
+    for blueprint in (api.bp, events.bp, health.bp, openapi.bp, web.bp):
+        flask_app.register_blueprint(blueprint)
+
+    @flask_app.before_request
+    def _bind_request_id() -> None:
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.request_id = request_id[:64]
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @flask_app.after_request
+    def _tag_response(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    return flask_app

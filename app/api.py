@@ -1,0 +1,168 @@
+"""The JSON API under /agent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
+
+from app.context import web
+from app.errors import validation_error
+from app.schemas import RunRequest
+from celeriac.errors import CeleriacError, InvalidRequest
+from celeriac.submission import Submission, submit
+from celeriac.views import list_runs, load_run_document
+
+bp = Blueprint("api", __name__, url_prefix="/agent")
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+TENANT = "default"  # until API keys map requests to tenants
+
+
+def json_body() -> dict[str, Any]:
+    if request.mimetype != "application/json":
+        raise CeleriacError(
+            "Content-Type must be application/json", code="unsupported_media_type"
+        )
+    raw = request.get_data(cache=False)  # enforces MAX_CONTENT_LENGTH, chunked too
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise CeleriacError(f"malformed JSON: {exc}", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise CeleriacError("the body must be a JSON object", code="malformed_json")
+    return body
+
+
+@bp.post("/run")
+def run() -> ResponseReturnValue:
+    body = json_body()
+    try:
+        req = RunRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    except RecursionError:
+        raise CeleriacError("JSON nested too deeply", code="malformed_json") from None
+    services = web().services
+    if len(req.input) > services.settings.max_input_chars:
+        raise InvalidRequest(
+            f"input is longer than {services.settings.max_input_chars} characters",
+            field="input",
+        )
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
+    accepted = submit(
+        services.db,
+        services.catalog(),
+        services.providers,
+        Submission(
+            input=req.input,
+            agent=req.agent,
+            model=req.model,
+            priority=req.priority,
+            budget_usd=float(req.budget_usd) if req.budget_usd is not None else None,
+            webhook_url=req.webhook_url,
+            metadata=req.metadata,
+            tenant=TENANT,
+            idempotency_key=key,
+        ),
+        max_budget_usd=services.settings.max_task_budget_usd,
+    )
+    if accepted.created:
+        try:
+            web().queue.send_llm_step(
+                accepted.first_step_id, queue=accepted.priority.queue, level=accepted.priority.level
+            )
+        except Exception as exc:
+            # Not accepted after all: say so rather than leave a task that never runs.
+            services.loop.fail_step(
+                accepted.first_step_id,
+                CeleriacError(f"broker unavailable: {type(exc).__name__}", code="enqueue_failed"),
+            )
+            raise CeleriacError("the broker is unavailable; retry later", code="enqueue_failed")\
+                from None
+    doc = load_run_document(services.db, accepted.run_id)
+    status_url = url_for("api.status", task_id=accepted.run_id)
+    response = jsonify(
+        {"task_id": accepted.run_id, "status": doc["status"], "status_url": status_url}
+    )
+    response.status_code = 202 if accepted.created else 200
+    response.headers["Location"] = status_url
+    return response
+
+
+@bp.get("/status/<task_id>")
+def status(task_id: str) -> ResponseReturnValue:
+    return jsonify(load_run_document(web().services.db, task_id, tenant=TENANT))
+
+
+@bp.post("/cancel/<task_id>")
+def cancel(task_id: str) -> ResponseReturnValue:
+    services = web().services
+    load_run_document(services.db, task_id, tenant=TENANT)  # 404 for unknown ids
+    open_steps = services.loop.cancel(task_id)
+    web().queue.revoke(open_steps)
+    return jsonify(load_run_document(services.db, task_id, tenant=TENANT))
+
+
+@bp.get("/tasks")
+def tasks() -> ResponseReturnValue:
+    status_filter = request.args.get("status")
+    if status_filter is not None and status_filter not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+    limit = _int_arg("limit", 20, 1, 100)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    items, total = list_runs(
+        web().services.db, tenant=TENANT, status=status_filter, limit=limit, offset=offset
+    )
+    return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/agents")
+def agents() -> ResponseReturnValue:
+    catalog = web().services.catalog()
+    return jsonify(
+        {
+            "agents": [
+                {
+                    "name": a.name,
+                    "description": a.description,
+                    "pinned": a.pinned,
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "weight": v.weight,
+                            "model": v.model,
+                            "fallbacks": list(v.fallbacks),
+                            "tools": list(v.tools),
+                            "max_steps": v.max_steps,
+                        }
+                        for v in a.versions
+                    ],
+                }
+                for a in catalog.agents.values()
+            ]
+        }
+    )
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def no_store(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response

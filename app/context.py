@@ -1,0 +1,21 @@
+"""Access to the per-app services from views, typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from app.queueing import StepQueue
+from celeriac.services import Services
+
+
+@dataclass
+class WebContext:
+    services: Services
+    queue: StepQueue
+
+
+def web() -> WebContext:
+    context: WebContext = current_app.extensions["celeriac"]
+    return context

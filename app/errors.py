@@ -1,0 +1,89 @@
+"""One place maps error codes to HTTP statuses. Every error, including Flask's and
+Werkzeug's own, leaves as ``{"error": {"code", "message", "field"?}}``, never as
+an HTML page or a bare 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from celeriac.errors import CeleriacError, Conflict, InvalidRequest, NotFound
+
+log = structlog.get_logger("app.errors")
+
+_STATUS_BY_TYPE: list[tuple[type[CeleriacError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 422),
+]
+_STATUS_BY_CODE = {
+    "malformed_json": 400,
+    "unsupported_media_type": 415,
+    "payload_too_large": 413,
+    "bad_request": 400,
+    "price_unknown": 422,
+    "enqueue_failed": 503,
+    "unavailable": 503,
+}
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None
+) -> ResponseReturnValue:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return jsonify({"error": body}), status
+
+
+def status_for(error: CeleriacError) -> int:
+    if error.code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[error.code]
+    for kind, status in _STATUS_BY_TYPE:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def validation_error(exc: ValidationError) -> CeleriacError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    if first["type"] == "missing":
+        message = f"{field} is required"
+    elif first["type"] == "extra_forbidden":
+        message = f"unknown field {field!r}"
+    else:
+        message = f"{field}: {first['msg']}"
+    return InvalidRequest(message, field=field, code="validation_error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CeleriacError)
+    def _celeriac(error: CeleriacError) -> ResponseReturnValue:
+        return error_response(status_for(error), error.code, error.message, error.field)
+
+    @app.errorhandler(ValidationError)
+    def _validation(error: ValidationError) -> ResponseReturnValue:
+        converted = validation_error(error)
+        return error_response(422, converted.code, converted.message, converted.field)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> ResponseReturnValue:
+        status = error.code or 500
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+        }.get(status, "bad_request" if status < 500 else "internal_error")
+        return error_response(status, code, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> ResponseReturnValue:
+        log.exception("unhandled_error", error_type=type(error).__name__)
+        return error_response(500, "internal_error", "internal error")

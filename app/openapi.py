@@ -1,0 +1,164 @@
+"""``/openapi.json``, generated from the pydantic models that validate requests.
+
+Kept by hand rather than through flask-openapi3 or spectree: both replace Flask's
+error responses with their own shapes, and ours must stay ``{"error": {...}}``
+everywhere. The schemas themselves come from pydantic, so there is one source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+from pydantic.json_schema import models_json_schema
+
+from app import schemas
+from celeriac import __version__
+
+bp = Blueprint("openapi", __name__)
+
+_MODELS = (
+    schemas.RunRequest,
+    schemas.RunAccepted,
+    schemas.RunStatus,
+    schemas.ErrorResponse,
+    schemas.TaskList,
+    schemas.AgentList,
+    schemas.Health,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON",
+        404: "Unknown task",
+        413: "Body too large",
+        415: "Content-Type is not application/json",
+        422: "Invalid field, unknown agent or model, or provider not configured",
+        503: "Broker unavailable",
+    }
+    return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
+
+
+_TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def build_document() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    paths: dict[str, Any] = {
+        "/agent/run": {
+            "post": {
+                "summary": "Submit an agent task; answers at once",
+                "operationId": "runAgent",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RunRequest")}},
+                },
+                "responses": {
+                    "202": _json("RunAccepted", "Accepted; poll status_url"),
+                    "200": _json("RunAccepted", "Same Idempotency-Key: the earlier task"),
+                    **_errors(400, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/agent/status/{task_id}": {
+            "get": {
+                "summary": "Status, progress, steps and result of a task",
+                "operationId": "getStatus",
+                "parameters": [_TASK_ID],
+                "responses": {"200": _json("RunStatus", "The task"), **_errors(404)},
+            }
+        },
+        "/agent/events/{task_id}": {
+            "get": {
+                "summary": "Server-Sent Events of status changes (resumable: Last-Event-ID)",
+                "operationId": "streamEvents",
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": {
+                        "description": "event: status (data: RunStatus JSON), then event: end",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(404),
+                },
+            }
+        },
+        "/agent/cancel/{task_id}": {
+            "post": {
+                "summary": "Cancel a task: stops before its next step",
+                "operationId": "cancelTask",
+                "parameters": [_TASK_ID],
+                "responses": {"200": _json("RunStatus", "The task"), **_errors(404)},
+            }
+        },
+        "/agent/tasks": {
+            "get": {
+                "summary": "Tasks, newest first",
+                "operationId": "listTasks",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["queued", "running", "completed", "failed", "cancelled"],
+                        },
+                    },
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "offset", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {"200": _json("TaskList", "A page of tasks"), **_errors(422)},
+            }
+        },
+        "/agent/agents": {
+            "get": {
+                "summary": "Configured agents and their live versions",
+                "operationId": "listAgents",
+                "responses": {"200": _json("AgentList", "Agents")},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Liveness", "operationId": "healthz",
+                    "responses": {"200": _json("Health", "Alive")}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: store and broker reachable",
+                "operationId": "readyz",
+                "responses": {"200": _json("Health", "Ready"), "503": _json("Health", "Not ready")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Celeriac", "version": __version__,
+                 "description": "A production runtime for tool-calling LLM agents on Celery."},
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {})},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    return jsonify(build_document())

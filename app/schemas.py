@@ -1,0 +1,132 @@
+"""Request and response schemas. The same models validate requests and generate
+``/openapi.json``, so the document cannot drift from the code."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+PriorityName = Literal["high", "normal", "low"]
+PriorityLevel = Annotated[StrictInt, Field(ge=0, le=9)]
+Status = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class RunRequest(BaseModel):
+    """Submit an agent task."""
+
+    model_config = ConfigDict(extra="forbid", title="RunRequest")
+
+    input: Annotated[StrictStr, Field(min_length=1, description="The user's message")]
+    agent: Annotated[StrictStr, Field(min_length=1, max_length=100)] = "default"
+    model: Annotated[StrictStr, Field(min_length=1, max_length=100)] | None = None
+    priority: PriorityName | PriorityLevel | None = Field(
+        None, description="high, normal, low, or 0-9 where 9 is the most urgent"
+    )
+    budget_usd: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1000)] | None = None
+    webhook_url: Annotated[
+        StrictStr, Field(max_length=2000, pattern=r"^https?://[^\s]+$")
+    ] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunAccepted(BaseModel):
+    task_id: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status_url: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class StepView(BaseModel):
+    id: str
+    kind: Literal["llm", "tool"]
+    name: str
+    status: str
+    latency_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    attempts: int
+    model: str | None
+    error: dict[str, str | None] | None
+    arguments: dict[str, Any] | None = None
+    output: str | None = None
+
+
+class RunStatus(BaseModel):
+    task_id: str
+    status: Status
+    progress: Annotated[int, Field(ge=0, le=100)]
+    result: str | None
+    error: dict[str, str | None] | None
+    usage: Usage
+    model: str
+    agent: str
+    agent_version: str
+    priority: PriorityName
+    budget_usd: float
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    version: int
+    steps: list[StepView]
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    status: Status
+    agent: str
+    model: str
+    priority: PriorityName
+    input: str
+    cost_usd: float
+    created_at: str
+    updated_at: str
+
+
+class TaskList(BaseModel):
+    items: list[TaskSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class AgentVersionView(BaseModel):
+    version: str
+    weight: int
+    model: str
+    fallbacks: list[str]
+    tools: list[str]
+    max_steps: int
+
+
+class AgentView(BaseModel):
+    name: str
+    description: str
+    pinned: str | None
+    versions: list[AgentVersionView]
+
+
+class AgentList(BaseModel):
+    agents: list[AgentView]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,100 @@
+"""Celeriac's exception tree. Every error has a stable ``code``.
+
+    CeleriacError
+    ├── InvalidRequest            (bad input; ``field`` names the culprit)
+    │   ├── UnknownAgent
+    │   ├── UnknownModel
+    │   └── ProviderNotConfigured
+    ├── NotFound
+    ├── Conflict
+    ├── ProviderError             (translated at the provider adapter boundary)
+    │   ├── TransientProviderError   (retry: 429, 5xx, 529, timeouts, connection)
+    │   │   └── RateLimited
+    │   └── PermanentProviderError   (fail at once: 400, 401, 403, 404, policy)
+    │       └── ContextWindowExceeded
+    ├── ToolError                 (shown to the model as a tool result, never a crash)
+    └── RunFailed                 (a run's terminal failure: max_steps, dead letter ...)
+"""
+
+from __future__ import annotations
+
+
+class CeleriacError(Exception):
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidRequest(CeleriacError):
+    code = "invalid_request"
+
+
+class UnknownAgent(InvalidRequest):
+    code = "unknown_agent"
+
+
+class UnknownModel(InvalidRequest):
+    code = "unknown_model"
+
+
+class ProviderNotConfigured(InvalidRequest):
+    code = "provider_not_configured"
+
+
+class NotFound(CeleriacError):
+    code = "not_found"
+
+
+class Conflict(CeleriacError):
+    code = "conflict"
+
+
+class ProviderError(CeleriacError):
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, code=code)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class TransientProviderError(ProviderError):
+    code = "provider_unavailable"
+
+
+class RateLimited(TransientProviderError):
+    code = "provider_rate_limited"
+
+
+class PermanentProviderError(ProviderError):
+    code = "provider_rejected"
+
+
+class ContextWindowExceeded(PermanentProviderError):
+    code = "context_window_exceeded"
+
+
+class ToolError(CeleriacError):
+    code = "tool_error"
+
+
+class RunFailed(CeleriacError):
+    code = "run_failed"

@@ -1,0 +1,153 @@
+"""Metrics that are exact across processes and hosts.
+
+Workers (prefork children, threads, several machines) add to Redis hashes; the
+exporter process reads them and serves Prometheus text. Because the counts live in
+Redis, not in the exporter, restarting the exporter neither loses nor doubles them.
+Labels are bounded: agent names, model ids, tool names and outcomes, never a task
+or tenant id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from redis import Redis
+
+from celeriac import keys
+from celeriac.observer import RunReport, StepReport
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+REQUESTS = Family("agent_requests_total", "Agent tasks finished", ("status", "intent"))
+LATENCY = Family(
+    "agent_latency_seconds",
+    "Agent task latency from submission to end",
+    ("intent",),
+    (1, 5, 10, 30, 60, 120, 300),
+)
+STEPS = Family(
+    "agent_steps_count", "Steps per agent task", ("intent",), (1, 3, 5, 10, 15, 20, 30)
+)
+COST = Family(
+    "agent_cost_usd",
+    "Cost per agent task in USD",
+    ("intent",),
+    (0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5),
+)
+TOOL_CALLS = Family("agent_tool_calls_total", "Tool calls", ("tool_name", "status"))
+PROVIDER_CALLS = Family(
+    "agent_provider_calls_total", "Provider calls by outcome", ("provider", "model", "outcome")
+)
+PROVIDER_TOKENS = Family(
+    "agent_provider_tokens_total", "Tokens reported by providers", ("provider", "model", "kind")
+)
+PROVIDER_LATENCY = Family(
+    "agent_provider_latency_seconds",
+    "Provider call latency",
+    ("provider", "model"),
+    (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS)
+HISTOGRAMS = (LATENCY, STEPS, COST, PROVIDER_LATENCY)
+
+
+def _labels(family: Family, values: Sequence[str]) -> str:
+    return json.dumps(dict(zip(family.labels, values, strict=True)), sort_keys=True)
+
+
+class RedisMetrics:
+    """The Observer that records metrics into Redis, one pipeline per event."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    def _count(self, pipe: Any, family: Family, values: Sequence[str], by: float = 1) -> None:
+        pipe.hincrbyfloat(keys.metric_counter(family.name), _labels(family, values), by)
+
+    def _observe(self, pipe: Any, family: Family, values: Sequence[str], value: float) -> None:
+        key, labels = keys.metric_histogram(family.name), _labels(family, values)
+        for bound in family.buckets:
+            if value <= bound:
+                pipe.hincrby(key, f"{labels}|{bound}", 1)
+        pipe.hincrby(key, f"{labels}|+Inf", 1)
+        pipe.hincrbyfloat(key, f"{labels}|sum", value)
+
+    def run_finished(self, report: RunReport) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        self._count(pipe, REQUESTS, (report.status, report.agent))
+        self._observe(pipe, LATENCY, (report.agent,), report.latency_s)
+        self._observe(pipe, STEPS, (report.agent,), report.total_steps)
+        self._observe(pipe, COST, (report.agent,), report.cost_nanos / 1e9)
+        pipe.execute()
+
+    def step_finished(self, report: StepReport) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        if report.kind == "tool":
+            self._count(pipe, TOOL_CALLS, (report.name, report.status))
+        else:
+            provider = report.provider or "unknown"
+            self._count(pipe, PROVIDER_CALLS, (provider, report.name, report.status))
+            if report.status == "completed":
+                self._count(pipe, PROVIDER_TOKENS, (provider, report.name, "input"),
+                            report.input_tokens)
+                self._count(pipe, PROVIDER_TOKENS, (provider, report.name, "output"),
+                            report.output_tokens)
+                self._observe(pipe, PROVIDER_LATENCY, (provider, report.name),
+                              report.latency_ms / 1000)
+        pipe.execute()
+
+
+class RedisCollector:
+    """A prometheus_client collector that reads what RedisMetrics wrote."""
+
+    def __init__(self, redis: Redis, gauges: Any = None):
+        self.redis = redis
+        self.gauges = gauges  # callable -> {name: (help, value)} for live gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for family in COUNTERS:
+            raw = self.redis.hgetall(keys.metric_counter(family.name))
+            base = family.name.removesuffix("_total")
+            metric = CounterMetricFamily(base, family.help, labels=list(family.labels))
+            for labels_json, value in sorted(raw.items()):
+                labels = json.loads(labels_json)
+                metric.add_metric([labels[n] for n in family.labels], float(value))
+            yield metric
+        for family in HISTOGRAMS:
+            yield self._histogram(family)
+        if self.gauges is not None:
+            for name, (help_text, value) in self.gauges().items():
+                yield GaugeMetricFamily(name, help_text, value=value)
+
+    def _histogram(self, family: Family) -> Metric:
+        raw = self.redis.hgetall(keys.metric_histogram(family.name))
+        series: dict[str, dict[str, float]] = {}
+        for field, value in raw.items():
+            field_s = field.decode() if isinstance(field, bytes) else field
+            labels_json, _, part = field_s.rpartition("|")
+            series.setdefault(labels_json, {})[part] = float(value)
+        metric = HistogramMetricFamily(family.name, family.help, labels=list(family.labels))
+        for labels_json, parts in sorted(series.items()):
+            labels = json.loads(labels_json)
+            buckets = [(str(b), parts.get(str(b), 0.0)) for b in family.buckets]
+            buckets.append(("+Inf", parts.get("+Inf", 0.0)))
+            metric.add_metric(
+                [labels[n] for n in family.labels], buckets, sum_value=parts.get("sum", 0.0)
+            )
+        return metric

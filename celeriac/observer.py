@@ -1,0 +1,50 @@
+"""What the loop tells the outside world when steps and runs finish: metrics and the
+seed's log events hang off this interface, so the loop stays free of both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StepReport:
+    run_id: str
+    step_id: str
+    kind: str
+    name: str
+    provider: str | None
+    status: str  # "completed" | "failed" | "retrying" | "duplicate"
+    latency_ms: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nanos: int = 0
+    error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    agent: str
+    model: str
+    status: str
+    total_steps: int
+    input_tokens: int
+    output_tokens: int
+    cost_nanos: int
+    latency_s: float
+    error_code: str | None = None
+
+
+class Observer(Protocol):
+    def step_finished(self, report: StepReport) -> None: ...
+
+    def run_finished(self, report: RunReport) -> None: ...
+
+
+class NullObserver:
+    def step_finished(self, report: StepReport) -> None:
+        pass
+
+    def run_finished(self, report: RunReport) -> None:
+        pass

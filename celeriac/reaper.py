@@ -1,0 +1,67 @@
+"""Housekeeping that keeps accepted work moving and the store bounded.
+
+- Steps whose lease ran out (their worker died mid-step) go back to pending and are
+  dispatched again; the broker's visibility timeout is only a backstop.
+- Pending steps that never started for a long while are dispatched again (their
+  message may have been lost); the claim makes a duplicate harmless.
+- Finished runs older than the retention period are deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import delete, select
+
+from celeriac.clock import utcnow
+from celeriac.loop import Dispatch
+from celeriac.priority import priority_from_level
+from celeriac.store import Database, Run, Step
+from celeriac.store.schema import TERMINAL_STATUSES
+
+log = structlog.get_logger("celeriac.reaper")
+
+
+def reap(db: Database, *, stale_pending_s: float = 600.0, limit: int = 500) -> list[Dispatch]:
+    now = utcnow()
+    dispatch: list[Dispatch] = []
+    with db.session() as s:
+        rows = s.execute(
+            select(Step, Run)
+            .join(Run, Run.id == Step.run_id)
+            .where(Run.status.not_in(TERMINAL_STATUSES))
+            .where(
+                ((Step.status == "running") & (Step.lease_until < now))
+                | (
+                    (Step.status == "pending")
+                    & (Step.created_at < now - timedelta(seconds=stale_pending_s))
+                )
+            )
+            .limit(limit)
+        ).all()
+        for step, run in rows:
+            if step.status == "running":
+                log.warning("step_lease_expired", run_id=run.id, step=step.id)
+                step.status, step.lease_until = "pending", None
+            priority = priority_from_level(run.priority_level)
+            dispatch.append(Dispatch(step.id, step.kind, priority.queue, priority.level))
+    return dispatch
+
+
+def cleanup(db: Database, *, retention_days: int) -> int:
+    cutoff = utcnow() - timedelta(days=retention_days)
+    with db.session() as s:
+        old = list(
+            s.scalars(
+                select(Run.id).where(
+                    Run.status.in_(TERMINAL_STATUSES), Run.finished_at < cutoff
+                )
+            )
+        )
+        if old:
+            s.execute(delete(Step).where(Step.run_id.in_(old)))
+            s.execute(delete(Run).where(Run.id.in_(old)))
+    if old:
+        log.info("retention_cleanup", deleted_runs=len(old), retention_days=retention_days)
+    return len(old)

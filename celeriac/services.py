@@ -1,0 +1,80 @@
+"""The composition root: build the core's parts from Settings, once per process.
+
+Only the entry points call this (``app.create_app`` and the Celery app's worker
+start-up), so nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from redis import Redis
+
+from celeriac.catalog import Catalog, CatalogSource
+from celeriac.loop import AgentLoop
+from celeriac.metrics import RedisMetrics
+from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.store import Database
+from celeriac.toolbox import Toolbox
+from celeriac.tools.builtins import builtin_registry
+from config.settings import Settings
+
+SIMULATED_KEY = "simulated"  # what the SDKs send to the simulated provider
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        db = Database(self.settings.database_url)
+        db.create_schema()
+        return db
+
+    @cached_property
+    def redis(self) -> Redis:
+        return Redis.from_url(
+            self.settings.redis_url, decode_responses=True, health_check_interval=30
+        )
+
+    @cached_property
+    def catalog_source(self) -> CatalogSource:
+        return CatalogSource(self.settings.config_dir)
+
+    def catalog(self) -> Catalog:
+        return self.catalog_source.get()
+
+    @cached_property
+    def providers(self) -> ProviderRegistry:
+        endpoints: dict[str, ProviderEndpoint] = {}
+        for provider in ("anthropic", "openai"):
+            key = self.settings.provider_key(provider)
+            if self.settings.simulated:
+                key = SIMULATED_KEY
+            if key:
+                endpoints[provider] = ProviderEndpoint(
+                    api_key=key, base_url=self.settings.provider_base_url(provider)
+                )
+        return ProviderRegistry(endpoints, timeout_s=self.settings.provider_timeout_s)
+
+    @cached_property
+    def toolbox(self) -> Toolbox:
+        return Toolbox(builtin_registry(self.settings.config_dir / "docs"))
+
+    @cached_property
+    def metrics(self) -> RedisMetrics:
+        return RedisMetrics(self.redis)
+
+    @cached_property
+    def loop(self) -> AgentLoop:
+        return AgentLoop(
+            self.db,
+            self.catalog,
+            self.providers,
+            self.toolbox,
+            observer=self.metrics,
+            lease_s=self.settings.provider_timeout_s * 2 + 30,
+            forward_simulator_headers=self.settings.simulated,
+        )

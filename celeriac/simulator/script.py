@@ -1,0 +1,146 @@
+"""The conversation script: what the simulated model says, decided from the
+conversation alone, so the same request always gets the same answer.
+
+The script reads the latest user message that has text, then, in this order:
+
+1. "[loop]" in it: call ``calculator`` with "1 + 1" again, forever (to test max_steps);
+2. tool results for calls made since: a final answer that quotes every result;
+3. arithmetic in it: one ``calculator`` call per expression, in one reply;
+4. a question about the time or date: call ``current_time``;
+5. "docs: ..." or "search the docs ...": call ``search_docs``;
+6. anything else: "You said: <text>".
+
+A tool is only called when the request offers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from celeriac.simulator import tokens
+from celeriac.simulator.arithmetic import find_expressions
+from celeriac.simulator.conversation import Conversation, ToolCall, ToolResult
+
+Stop = Literal["end_turn", "tool_use", "max_tokens"]
+
+LOOP_MARKER = "[loop]"
+_TIME_PHRASES = ("what time", "the time", "current time", "today's date", "what date", "what day")
+_DOCS_PHRASE = "search the docs"
+_ECHO_CHARS = 200
+_RESULT_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    # Ids are bare, deterministic hex keys; each wire format adds its own prefix.
+    calls: tuple[ToolCall, ...]
+    stop: Stop
+    input_tokens: int
+    output_tokens: int
+
+
+def respond(conversation: Conversation) -> Reply:
+    text, wanted = _decide(conversation)
+    seed = conversation.canonical()
+    calls = tuple(
+        ToolCall(id=_call_key(seed, index), name=name, input=arguments)
+        for index, (name, arguments) in enumerate(wanted)
+    )
+    text, cut = tokens.truncate(text, conversation.max_tokens)
+    stop: Stop = "tool_use" if calls else ("max_tokens" if cut else "end_turn")
+    return Reply(
+        text=text,
+        calls=calls,
+        stop=stop,
+        input_tokens=tokens.input_tokens(conversation),
+        output_tokens=tokens.output_tokens(text, calls),
+    )
+
+
+def _call_key(seed: str, index: int) -> str:
+    return hashlib.sha256(f"{seed}#{index}".encode()).hexdigest()[:24]
+
+
+def _decide(conv: Conversation) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    anchor = next((i for i in reversed(range(len(conv.turns))) if _is_user_text(conv, i)), -1)
+    text = conv.turns[anchor].text.strip() if anchor >= 0 else ""
+    lowered = text.lower()
+    if LOOP_MARKER in lowered:
+        if conv.offers("calculator"):
+            return "", [("calculator", {"expression": "1 + 1"})]
+        return "I would loop, but no calculator tool is offered.", []
+    later = conv.turns[anchor + 1 :]
+    results = [result for turn in later for result in turn.tool_results]
+    if results:
+        calls = {call.id: call for turn in later for call in turn.tool_calls}
+        return _summarise(results, calls), []
+    expressions = find_expressions(text)
+    if expressions:
+        if conv.offers("calculator"):
+            return "", [("calculator", {"expression": e}) for e in expressions]
+        return f"I cannot calculate {', '.join(expressions)} without a calculator tool.", []
+    if conv.offers("current_time") and any(p in lowered for p in _TIME_PHRASES):
+        return "", [("current_time", {})]
+    query = _docs_query(text)
+    if query is not None and conv.offers("search_docs"):
+        return "", [("search_docs", {"query": query})]
+    return f"You said: {_clip(text, _ECHO_CHARS)}", []
+
+
+def _is_user_text(conv: Conversation, index: int) -> bool:
+    turn = conv.turns[index]
+    return turn.role == "user" and bool(turn.text.strip())
+
+
+def _summarise(results: list[ToolResult], calls: dict[str, ToolCall]) -> str:
+    parts: list[str] = []
+    for result in results:
+        call = calls.get(result.call_id)
+        name = call.name if call is not None else "tool"
+        content = _clip(result.content.strip(), _RESULT_CHARS)
+        if result.is_error:
+            parts.append(f"The {name} tool failed: {content}")
+        elif name == "calculator" and call is not None:
+            value = _calculator_value(content)
+            if len(results) == 1:
+                return f"The answer is {value}."
+            expression = call.input.get("expression") if isinstance(call.input, dict) else None
+            parts.append(f"{expression or '?'} = {value}")
+        else:
+            parts.append(f"{name} returned: {content}")
+    return "; ".join(part.rstrip(".") for part in parts) + "."
+
+
+def _calculator_value(content: str) -> str:
+    """Accept the shapes a calculator tool plausibly returns: "391",
+    "17 * 23 = 391" or {"result": 391}."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "result" in data:
+        return str(data["result"])
+    return content.rsplit("=", 1)[-1].strip()
+
+
+def _docs_query(text: str) -> str | None:
+    lowered = text.lower()
+    if lowered.startswith("docs:"):
+        rest = text[len("docs:") :]
+    elif _DOCS_PHRASE in lowered:
+        rest = text[lowered.index(_DOCS_PHRASE) + len(_DOCS_PHRASE) :]
+    else:
+        return None
+    rest = rest.strip(" \t\n:,-.?!")
+    for filler in ("for ", "about ", "on "):
+        if rest.lower().startswith(filler):
+            rest = rest[len(filler) :].strip()
+    return rest or text
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,102 @@
+"""Tables. Money is stored as integer nano-dollars so that sums are exact."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Run(Base):
+    """One agent task, as the API calls it."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_runs_idempotency"),
+        Index("ix_runs_tenant_created", "tenant", "created_at"),
+        Index("ix_runs_status_updated", "status", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    agent: Mapped[str] = mapped_column(String(64))
+    agent_version: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    priority_level: Mapped[int] = mapped_column(default=5)
+    input: Mapped[str] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    max_steps: Mapped[int] = mapped_column(default=10)
+    max_tokens: Mapped[int] = mapped_column(default=1024)
+    budget_usd: Mapped[float] = mapped_column(default=1.0)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    steps_done: Mapped[int] = mapped_column(default=0)
+    # Tool steps of the current turn still outstanding: the join counter.
+    pending_tools: Mapped[int] = mapped_column(default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Bumped on every visible change; the SSE stream uses it as the event id.
+    version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    steps: Mapped[list[Step]] = relationship(
+        back_populates="run", order_by="Step.seq", cascade="all, delete-orphan"
+    )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Step(Base):
+    """One LLM call or one tool call. Its id is also its Celery task id."""
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq", name="uq_steps_run_seq"),
+        Index("ix_steps_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    seq: Mapped[int]
+    turn: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(8))  # "llm" | "tool"
+    name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    tool_call_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    model: Mapped[str | None] = mapped_column(String(64), default=None)
+    attempts: Mapped[int] = mapped_column(default=0)
+    attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    deliveries: Mapped[int] = mapped_column(default=0)
+    latency_ms: Mapped[float | None] = mapped_column(default=None)
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    run: Mapped[Run] = relationship(back_populates="steps")

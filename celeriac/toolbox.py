@@ -1,0 +1,50 @@
+"""The tools an agent version may use: the built-ins it names, plus the tools of
+the MCP servers it configures (loaded once per process and server)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celeriac.catalog import AgentVersion
+from celeriac.tools.base import ToolRegistry, ToolResult
+from celeriac.tools.mcp import load_mcp_tools
+
+
+class Toolbox:
+    def __init__(self, builtins: ToolRegistry):
+        self._builtins = builtins
+        self._mcp: dict[str, ToolRegistry] = {}
+        self._lock = threading.Lock()
+
+    def _mcp_registry(self, server: dict[str, Any]) -> ToolRegistry:
+        key = repr(sorted(server.items()))
+        with self._lock:
+            registry = self._mcp.get(key)
+            if registry is None:
+                registry = ToolRegistry()
+                for tool in load_mcp_tools(server):
+                    registry.register(tool)
+                self._mcp[key] = registry
+            return registry
+
+    def _registries(self, version: AgentVersion) -> list[tuple[ToolRegistry, list[str]]]:
+        pairs = [(self._builtins, list(version.tools))]
+        for server in version.mcp_servers:
+            registry = self._mcp_registry(server)
+            pairs.append((registry, registry.names()))
+        return pairs
+
+    def specs(self, version: AgentVersion) -> list[dict[str, Any]]:
+        specs: list[dict[str, Any]] = []
+        for registry, names in self._registries(version):
+            specs.extend(registry.specs(names))
+        return specs
+
+    def execute(self, version: AgentVersion, name: str, arguments: dict[str, Any]) -> ToolResult:
+        for registry, names in self._registries(version):
+            if name in names:
+                return registry.execute(name, arguments)
+        return ToolResult(
+            content=f"tool {name!r} is not available to agent {version.ref}", is_error=True
+        )

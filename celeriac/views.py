@@ -1,0 +1,130 @@
+"""The status document the API, the event stream and the form all show."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from celeriac.clock import aware
+from celeriac.errors import NotFound
+from celeriac.pricing import nanos_to_usd
+from celeriac.store import Database, Run, Step
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return aware(moment).isoformat() if moment is not None else None
+
+
+def progress(run: Run, steps: list[Step]) -> int:
+    """Percent of max_steps done; 100 only when the run completed."""
+    if run.status == "completed":
+        return 100
+    done = sum(1 for s in steps if s.kind == "llm" and s.status == "completed")
+    return min(99, (100 * done) // max(1, run.max_steps))
+
+
+def step_document(step: Step) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": step.id,
+        "kind": step.kind,
+        "name": step.name,
+        "status": step.status,
+        "latency_ms": round(step.latency_ms, 1) if step.latency_ms is not None else None,
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": nanos_to_usd(step.cost_nanos),
+        "attempts": step.attempts,
+        "model": step.model,
+        "error": (
+            {"code": step.error_code, "message": step.error_message}
+            if step.error_code and step.status != "completed"
+            else None
+        ),
+    }
+    if step.kind == "tool":
+        doc["arguments"] = step.arguments
+        doc["output"] = (step.output or {}).get("content")
+    return doc
+
+
+def run_document(run: Run, steps: list[Step]) -> dict[str, Any]:
+    ordered = sorted(steps, key=lambda s: s.seq)
+    return {
+        "task_id": run.id,
+        "status": run.status,
+        "progress": progress(run, ordered),
+        "result": run.result,
+        "error": (
+            {"code": run.error_code, "message": run.error_message}
+            if run.error_code and run.status != "completed"
+            else None
+        ),
+        "usage": {
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "cost_usd": nanos_to_usd(run.cost_nanos),
+        },
+        "model": run.model,
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "priority": run.priority,
+        "budget_usd": run.budget_usd,
+        "metadata": run.meta,
+        "created_at": _iso(run.created_at),
+        "updated_at": _iso(run.updated_at),
+        "finished_at": _iso(run.finished_at),
+        "version": run.version,
+        "steps": [step_document(s) for s in ordered],
+    }
+
+
+def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> dict[str, Any]:
+    with db.reader() as s:
+        run = s.get(Run, run_id)
+        if run is None or (tenant is not None and run.tenant != tenant):
+            raise NotFound(f"no task {run_id!r}")
+        steps = list(s.scalars(select(Step).where(Step.run_id == run_id)))
+        return run_document(run, steps)
+
+
+def run_version(db: Database, run_id: str) -> tuple[int, bool] | None:
+    """(version, terminal) of a run, cheaply, for the event stream's polling."""
+    with db.reader() as s:
+        run = s.get(Run, run_id)
+        return None if run is None else (run.version, run.terminal)
+
+
+def list_runs(
+    db: Database,
+    *,
+    tenant: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    with db.reader() as s:
+        query = select(Run)
+        count = select(func.count()).select_from(Run)
+        if tenant is not None:
+            query, count = query.where(Run.tenant == tenant), count.where(Run.tenant == tenant)
+        if status is not None:
+            query, count = query.where(Run.status == status), count.where(Run.status == status)
+        total = s.scalar(count) or 0
+        rows = s.scalars(query.order_by(Run.created_at.desc(), Run.id).limit(limit).offset(offset))
+        items = [
+            {
+                "task_id": r.id,
+                "status": r.status,
+                "agent": r.agent,
+                "model": r.model,
+                "priority": r.priority,
+                "input": r.input[:200],
+                "cost_usd": nanos_to_usd(r.cost_nanos),
+                "created_at": _iso(r.created_at),
+                "updated_at": _iso(r.updated_at),
+            }
+            for r in rows
+        ]
+        return items, int(total)

@@ -1,0 +1,111 @@
+"""One typed Settings object, read from the environment by the entry points only.
+
+Standard names (``REDIS_URL``, ``DATABASE_URL``, ``ANTHROPIC_API_KEY`` ...) are read as
+they are, because other tools and the SDKs use them; everything that is ours carries
+the ``CELERIAC_`` prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = CONFIG_DIR.parent
+VAR_DIR = PROJECT_DIR / "var"
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CELERIAC_", extra="ignore")
+
+    # Connections. REDIS_URL is resolved by the launcher (local server or embedded)
+    # before any process starts, so every process sees the same value.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    broker_url: str | None = Field(None, validation_alias=_env("BROKER_URL"))
+    database_url: str = Field(
+        f"sqlite:///{VAR_DIR / 'celeriac.db'}", validation_alias=_env("DATABASE_URL")
+    )
+
+    # Providers. Keys are secrets: never logged, never put in task arguments.
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("ANTHROPIC_API_KEY")
+    )
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    # The simulated provider serves when no key is configured, or when forced on.
+    simulate: bool | None = None
+    simulator_url: str = "http://127.0.0.1:8765"
+    provider_timeout_s: float = 60.0
+
+    # Behaviour.
+    config_dir: Path = CONFIG_DIR
+    dev_mode: bool = True
+    max_body_bytes: int = 1_000_000
+    max_input_chars: int = 100_000
+    max_task_budget_usd: float = 5.0
+    retention_days: int = 30
+    worker_pool: str = "threads"
+    worker_concurrency: int = 16
+    log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(f"REDIS_URL must be redis://, rediss:// or unix://, not {scheme!r}")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlparse(value).scheme
+        if scheme not in _BROKER_SCHEMES:
+            raise ValueError(f"BROKER_URL scheme {scheme!r} is not one of {sorted(_BROKER_SCHEMES)}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        # psycopg 3 is the driver we ship; plain postgresql:// URLs mean it.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix):]
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def simulated(self) -> bool:
+        """True when provider calls go to the simulated provider."""
+        if self.simulate is not None:
+            return self.simulate
+        return self.anthropic_api_key is None and self.openai_api_key is None
+
+    def provider_key(self, provider: str) -> str | None:
+        secret = {"anthropic": self.anthropic_api_key, "openai": self.openai_api_key}.get(provider)
+        return secret.get_secret_value() if secret is not None else None
+
+    def provider_base_url(self, provider: str) -> str | None:
+        if self.simulated:
+            return self.simulator_url if provider == "anthropic" else self.simulator_url + "/v1"
+        return {"anthropic": self.anthropic_base_url, "openai": self.openai_base_url}.get(provider)
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

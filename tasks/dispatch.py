@@ -1,0 +1,22 @@
+"""Turn the loop's Dispatch records into Celery messages, by task name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from celery import Celery
+
+from celeriac.loop import Dispatch
+from config.celery import LLM_STEP, TOOL_STEP
+
+
+def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
+    for step in steps:
+        app.send_task(
+            LLM_STEP if step.kind == "llm" else TOOL_STEP,
+            args=[step.step_id],
+            task_id=step.step_id,
+            queue=step.queue,
+            routing_key=step.queue,
+            priority=step.level,
+        )

@@ -1,0 +1,1 @@
+"""Test helpers: wait on conditions with deadlines, find or start services."""
