@@ -166,8 +166,8 @@ def load_catalog(config_dir: Path) -> Catalog:
             versions=versions,
             pinned=str(pinned) if pinned is not None else None,
         )
-    version = f"{prices_doc.get('version', '?')}@{prices_doc.get('effective', '?')}"
-    return Catalog(models=models, agents=agents, price_version=version)
+    price_version = f"{prices_doc.get('version', '?')}@{prices_doc.get('effective', '?')}"
+    return Catalog(models=models, agents=agents, price_version=price_version)
 
 
 def _agent_version(name: str, v: dict[str, Any]) -> AgentVersion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from celeriac.priority import QUEUES
 from config.settings import Settings
@@ -19,10 +19,13 @@ CLEANUP = "celeriac.cleanup"
 def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.effective_broker_url
     amqp = broker.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
-    exchange = Exchange("celeriac", type="direct")
+    exchange = Exchange("celeriac", type="direct")  # type: ignore[no-untyped-call]
     # On RabbitMQ each queue also has native priorities (x-max-priority).
     arguments = {"x-max-priority": 10} if amqp else None
-    queues = [Queue(q, exchange, routing_key=q, queue_arguments=arguments) for q in QUEUES]
+    queues = [
+        Queue(q, exchange, routing_key=q, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for q in QUEUES
+    ]
     return {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -26,7 +26,9 @@ def _scrubber(secrets: Iterable[str]) -> structlog.types.Processor:
             value = value.replace(secret, "[REDACTED]")
         return _KEY_PATTERN.sub("[REDACTED]", value)
 
-    def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def processor(
+        _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         for key, value in list(event.items()):
             if key.lower() in _SECRET_FIELDS:
                 event[key] = "[REDACTED]"

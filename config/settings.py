@@ -74,7 +74,8 @@ class Settings(BaseSettings):
             return None
         scheme = urlparse(value).scheme
         if scheme not in _BROKER_SCHEMES:
-            raise ValueError(f"BROKER_URL scheme {scheme!r} is not one of {sorted(_BROKER_SCHEMES)}")
+            known = sorted(_BROKER_SCHEMES)
+            raise ValueError(f"BROKER_URL scheme {scheme!r} is not one of {known}")
         return value
 
     @field_validator("database_url")

@@ -46,8 +46,9 @@ def simulator() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[str, str]]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("store") / "celeriac.db"
         yield "sqlite", f"sqlite:///{path}"

@@ -27,15 +27,10 @@
   const fmtInt = (v) => (Number(v) || 0).toLocaleString();
   const fmtMs = (v) => (v == null ? "—" : Math.round(Number(v)).toLocaleString());
   const truncate = (s, n) => (s && s.length > n ? s.slice(0, n - 1) + "…" : s || "");
-  function fmtTime(iso) {
-    if (!iso) return "—";
-    const d = new Date(iso);
-    return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
-  }
-  const setBadge = (node, status) => {
-    node.textContent = status;
-    node.className = `badge badge-${String(status).replace(/[^a-z]/g, "")}`;
-  };
+  const fmtTime = (iso) => (!iso ? "—" : Number.isNaN(Date.parse(iso)) ? String(iso) : new Date(iso).toLocaleString());
+  const badgeClass = (status) => `badge badge-${String(status).replace(/[^a-z]/g, "")}`;
+  const badge = (status) => el("span", { class: badgeClass(status), text: status });
+  const setBadge = (node, status) => { node.textContent = status; node.className = badgeClass(status); };
   const setLive = (text) => { $("live").textContent = text; };
 
   class ApiError extends Error {
@@ -51,8 +46,7 @@
   async function api(path, options = {}) {
     const res = await fetch(path, { cache: "no-store", ...options,
       headers: { Accept: "application/json", ...(options.headers || {}) } });
-    let body = null;
-    try { body = await res.json(); } catch { body = null; }
+    const body = await res.json().catch(() => null);
     if (!res.ok) throw new ApiError(res.status, body);
     return body;
   }
@@ -63,10 +57,7 @@
     const select = $("agent");
     try {
       agents = (await api("/agent/agents")).agents || [];
-    } catch (err) {
-      showFormError(`Could not load agents: ${describeError(err)}`);
-      agents = [];
-    }
+    } catch (err) { showFormError(`Could not load agents: ${describeError(err)}`); }
     if (!agents.length) agents = [{ name: "default", description: "", versions: [] }];
     select.replaceChildren(...agents.map((a) => el("option", { value: a.name, text: a.name })));
     select.value = agents.some((a) => a.name === "default") ? "default" : agents[0].name;
@@ -80,9 +71,7 @@
     const main = pinned || (versions.length === 1 ? versions[0] : null);
     const parts = [];
     if (agent && agent.description) parts.push(agent.description);
-    if (versions.length) {
-      parts.push("versions: " + versions.map((v) => `${v.version} (${v.model}, ${(v.tools || []).length} tools)`).join(", "));
-    }
+    if (versions.length) parts.push("versions: " + versions.map((v) => `${v.version} (${v.model}, ${(v.tools || []).length} tools)`).join(", "));
     $("agent-hint").textContent = parts.join(" · ");
     const models = [...new Set(versions.map((v) => v.model))];
     $("model").placeholder = main ? `Agent default (${main.model})`
@@ -112,10 +101,8 @@
     event.preventDefault();
     clearFormError();
     const body = { input: $("input").value, agent: $("agent").value, priority: $("priority").value };
-    const model = $("model").value.trim();
-    if (model) body.model = model;
-    if (!body.agent) delete body.agent;
-    if (!body.priority) delete body.priority;
+    if ($("model").value.trim()) body.model = $("model").value.trim();
+    for (const key of ["agent", "priority"]) if (!body[key]) delete body[key];
     if (!body.input.trim()) return showFormError("Please enter a message.", "input");
     const button = $("submit");
     button.disabled = true;
@@ -157,8 +144,7 @@
     current.es = es;
     es.onopen = () => { if (myGen === gen) setLive("Live: streaming updates"); };
     es.addEventListener("status", (e) => {
-      if (myGen !== gen) return;
-      try { render(JSON.parse(e.data)); } catch (err) { console.error("bad status event", err); }
+      if (myGen === gen) try { render(JSON.parse(e.data)); } catch (err) { console.error("bad status event", err); }
     });
     es.addEventListener("end", () => {
       if (myGen !== gen) return;
@@ -209,9 +195,7 @@
       const doc = await api("/agent/cancel/" + encodeURIComponent(current.id), { method: "POST" });
       if (myGen === gen) render(doc);
     } catch (err) {
-      if (myGen !== gen) return;
-      setLive(`Cancel failed: ${describeError(err)}`);
-      button.disabled = false;
+      if (myGen === gen) { setLive(`Cancel failed: ${describeError(err)}`); button.disabled = false; }
     }
   }
 
@@ -232,9 +216,7 @@
     $("tokens").textContent = "0 in / 0 out";
     for (const id of ["model-used", "agent-used", "priority-used", "budget", "created-at", "finished-at"]) $(id).textContent = "—";
     renderSteps([]);
-    const cancel = $("cancel");
-    cancel.hidden = TERMINAL.has(status);
-    cancel.disabled = TERMINAL.has(status);
+    $("cancel").hidden = $("cancel").disabled = TERMINAL.has(status);
   }
 
   function render(doc) {
@@ -251,10 +233,8 @@
     $("progress-label").textContent = pct + "%";
     $("result").textContent = doc.result == null ? "" : String(doc.result);
     $("result").dataset.placeholder = terminal ? "No result." : "Waiting for the result…";
-    const errBox = $("error");
-    errBox.hidden = !doc.error;
-    errBox.replaceChildren();
-    if (doc.error) errBox.append(el("strong", { text: doc.error.code || "error" }), ": " + (doc.error.message || ""));
+    $("error").hidden = !doc.error;
+    $("error").replaceChildren(...(doc.error ? [el("strong", { text: doc.error.code || "error" }), ": " + (doc.error.message || "")] : []));
     const usage = doc.usage || {};
     $("cost").textContent = fmtCost(usage.cost_usd);
     $("tokens").textContent = `${fmtInt(usage.input_tokens)} in / ${fmtInt(usage.output_tokens)} out`;
@@ -265,8 +245,7 @@
     $("created-at").textContent = fmtTime(doc.created_at);
     $("finished-at").textContent = fmtTime(doc.finished_at);
     renderSteps(doc.steps || []);
-    $("cancel").hidden = terminal;
-    $("cancel").disabled = terminal;
+    $("cancel").hidden = $("cancel").disabled = terminal;
   }
 
   function block(label, text) {
@@ -283,7 +262,7 @@
       if (s.error) details.append(el("p", { class: "step-error", text: `${s.error.code}: ${s.error.message}` }));
       const name = el("td", {}, el("span", { class: "mono", text: s.name }));
       if (s.model && s.model !== s.name) name.append(el("div", { class: "hint", text: s.model }));
-      const status = el("td", {}, el("span", { class: `badge badge-${String(s.status).replace(/[^a-z]/g, "")}`, text: s.status }));
+      const status = el("td", {}, badge(s.status));
       if (s.attempts > 1) status.append(el("span", { class: "hint", text: ` ×${s.attempts}` }));
       return el("tr", { "data-step-id": s.id, "data-kind": s.kind },
         el("td", { class: "num", text: String(i + 1) }),
@@ -305,7 +284,7 @@
       const items = (await api("/agent/tasks?limit=10")).items || [];
       $("recent").replaceChildren(...items.map((item) => {
         const button = el("button", { type: "button", class: "recent-item", "data-task-id": item.task_id, title: item.input },
-          el("span", { class: `badge badge-${String(item.status).replace(/[^a-z]/g, "")}`, text: item.status }),
+          badge(item.status),
           el("span", { class: "recent-input", text: truncate(item.input, 90) }),
           el("span", { class: "recent-meta", text: `${item.agent} · ${item.model} · ${item.priority} · ${fmtCost(item.cost_usd)} · ${fmtTime(item.created_at)}` }));
         button.addEventListener("click", () => watch(item.task_id, item.status));

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import anyio
 from mcp import Client, MCPError, StdioServerParameters
 from mcp_types import CONNECTION_CLOSED, CallToolResult, ContentBlock, EmbeddedResource, TextContent
+from mcp_types import Tool as ListedTool
 from pydantic import ValidationError
 
 from celeriac.errors import ToolError
@@ -71,7 +72,9 @@ class McpServer:
     def __init__(self, config: dict[str, Any]):
         name, command = config.get("name"), config.get("command")
         if not isinstance(name, str) or not name or not isinstance(command, str) or not command:
-            raise ToolError(f"an MCP server needs a 'name' and a 'command', got {config!r}")
+            # Name the keys only: an entry's env may hold the server's credentials.
+            keys = sorted(map(str, config))
+            raise ToolError(f"an MCP server needs a 'name' and a 'command', got keys {keys}")
         self.name = name
         try:
             self.params = StdioServerParameters(
@@ -81,7 +84,8 @@ class McpServer:
                 cwd=config.get("cwd"),
             )
         except ValidationError as exc:
-            raise ToolError(f"invalid settings for MCP server {name!r}: {exc}") from exc
+            fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+            raise ToolError(f"invalid settings for MCP server {name!r}: {fields}") from None
 
     def session(self, work: Callable[[Client], Awaitable[T]], timeout_s: float) -> T:
         """Run ``work`` in a fresh session, synchronously; every failure is a ToolError."""
@@ -120,8 +124,8 @@ def load_mcp_tools(server: dict[str, Any], timeout_s: float = 20) -> list[Tool]:
     """Start ``server``, list its tools and return them named ``<server>__<tool>``."""
     mcp_server = McpServer(server)
 
-    async def list_all(client: Client) -> list[Any]:
-        tools: list[Any] = []
+    async def list_all(client: Client) -> list[ListedTool]:
+        tools: list[ListedTool] = []
         cursor: str | None = None
         for _ in range(MAX_LIST_PAGES):
             page = await client.list_tools(cursor=cursor)

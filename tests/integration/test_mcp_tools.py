@@ -127,6 +127,16 @@ def test_broken_servers_raise_tool_error(server: dict[str, Any], complaint: str)
         load_mcp_tools(server, timeout_s=10)
 
 
+def test_config_errors_do_not_echo_the_servers_env() -> None:
+    bad = {"name": "x", "command": "python", "args": "not-a-list", "env": {"TOKEN": 987654}}
+    with pytest.raises(ToolError) as caught:
+        load_mcp_tools(bad)
+    assert caught.value.message == "invalid settings for MCP server 'x': ['args', 'env.TOKEN']"
+    with pytest.raises(ToolError) as caught:
+        load_mcp_tools({"env": {"TOKEN": "s3cret"}})
+    assert "s3cret" not in caught.value.message
+
+
 def test_a_server_that_never_answers_times_out() -> None:
     # It reads stdin forever and never replies; it exits when the client closes stdin.
     silent = {

@@ -18,8 +18,9 @@ from tests.support.runs import status, submit, wait_terminal
     ],
     ids=["anthropic", "openai-agent", "openai-model-override"],
 )
-def test_calculator_task_completes_with_391(stack: Stack, body: dict[str, str],
-                                            provider_model: str) -> None:
+def test_calculator_task_completes_with_391(
+    stack: Stack, body: dict[str, str], provider_model: str
+) -> None:
     task_id = submit(stack.client, body)
     doc = wait_terminal(stack.client, task_id)
     assert doc["status"] == "completed", doc

@@ -134,17 +134,37 @@ def start_worker(
     name = f"test-{uuid.uuid4().hex[:8]}@localhost"
     log_path = log_dir / f"{name.split('@')[0]}.log"
     command = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
-        "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", name,
-        "--without-mingle", "--without-gossip", "-l", "INFO", *(extra or []),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-Q",
+        queues,
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-n",
+        name,
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "INFO",
+        *(extra or []),
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=PROJECT_DIR, env=worker_env(settings_env), stdout=log,
+            command,
+            cwd=PROJECT_DIR,
+            env=worker_env(settings_env),
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(name, process, log_path, settings_env)
     if ping is not None:
+
         def answered() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{worker.log()[-3000:]}")
