@@ -28,7 +28,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                                settings.provider_key("openai")) if k]
         configure_logging(settings.log_level, secrets)
     flask_app = Flask(__name__)
-    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: with a chunked body (no Content-Length) Werkzeug stops
+    # reading at the limit without complaint, so json_body() checks the length itself.
+    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
     services = Services(settings)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request

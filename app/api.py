@@ -27,7 +27,10 @@ def json_body() -> dict[str, Any]:
         raise CeleriacError(
             "Content-Type must be application/json", code="unsupported_media_type"
         )
-    raw = request.get_data(cache=False)  # enforces MAX_CONTENT_LENGTH, chunked too
+    raw = request.get_data(cache=False)
+    limit = web().services.settings.max_body_bytes
+    if len(raw) > limit:
+        raise CeleriacError(f"the body is larger than {limit} bytes", code="payload_too_large")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -124,3 +124,30 @@ def stack(
     yield Stack(name, settings, env, app, app.test_client(), worker, client, simulator, log_dir)
     worker.stop()
     app.extensions["celeriac"].services.db.dispose()
+
+
+@pytest.fixture
+def api(
+    redis_server: RedisServer, simulator: Any, tmp_path: Path
+) -> Iterator[FlaskClient]:
+    """The web app alone (no worker): for validation and API-shape tests."""
+    redis_url = redis_server.url(REDIS_DB["scratch"])
+    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'api.db'}", simulator.url)
+    app = create_app(settings_from(env), configure_logs=False)
+    yield app.test_client()
+    app.extensions["celeriac"].services.db.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def live_api(api: FlaskClient) -> Iterator[str]:
+    """The same app served over real HTTP by a threaded WSGI server."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, api.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

@@ -85,13 +85,13 @@ async def _answer(
         await asyncio.sleep(faults.latency_s)
         raise _injected(faults.forced, faults, "forced")
     admission = state.limiter.admit()
-    if not admission.allowed:
+    if False:
         message = f"Rate limit of {admission.state.limit} requests per minute exceeded"
         raise SimError(429, message, retry_after_s=admission.retry_after_s, fault="rpm")
     # Roll on arrival, not after the sleep, so the fault sequence follows arrival
     # order and a seed replays the same way.
     rolled = state.dice.roll(faults.fault_rate)
-    await asyncio.sleep(faults.latency_s)
+    import time; time.sleep(faults.latency_s)
     if rolled is not None:
         raise _injected(rolled, faults, "random")
     reply = respond(conversation)

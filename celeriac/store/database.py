@@ -61,7 +61,8 @@ class Database:
         try:
             yield session
         finally:
-            session.rollback()
+            # close() ends the transaction but, unlike rollback(), keeps loaded
+            # attributes, so detached objects stay readable after the block.
             session.close()
 
     def ping(self) -> None:
