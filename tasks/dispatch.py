@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from celery import Celery
 
 from celeriac.loop import Dispatch
-from config.celery import LLM_STEP, TOOL_STEP
+from config.celery import LLM_STEP, TOOL_STEP, native_priorities
 
 
 def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
+    native = native_priorities(app.conf.broker_url)
     for step in steps:
         app.send_task(
             LLM_STEP if step.kind == "llm" else TOOL_STEP,
@@ -18,5 +19,5 @@ def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
             task_id=step.step_id,
             queue=step.queue,
             routing_key=step.queue,
-            priority=step.level,
+            priority=step.level if native else None,
         )

@@ -2,7 +2,9 @@
 
 The order of checks is the order a real provider applies them: the key, then the
 body, then faults and the RPM window, then the (simulated) model. Forced faults
-skip the RPM window, so a test that forces a 500 does not use up a slot.
+skip the RPM window, so a test that forces a 500 does not use up a slot. Latency
+delays answers and injected faults; 401s, 400s and RPM 429s go out at once, as a
+real provider's front door refuses without thinking.
 """
 
 from __future__ import annotations
@@ -85,13 +87,13 @@ async def _answer(
         await asyncio.sleep(faults.latency_s)
         raise _injected(faults.forced, faults, "forced")
     admission = state.limiter.admit()
-    if False:
+    if not admission.allowed:
         message = f"Rate limit of {admission.state.limit} requests per minute exceeded"
         raise SimError(429, message, retry_after_s=admission.retry_after_s, fault="rpm")
     # Roll on arrival, not after the sleep, so the fault sequence follows arrival
     # order and a seed replays the same way.
     rolled = state.dice.roll(faults.fault_rate)
-    import time; time.sleep(faults.latency_s)
+    await asyncio.sleep(faults.latency_s)
     if rolled is not None:
         raise _injected(rolled, faults, "random")
     reply = respond(conversation)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +28,10 @@ from celeriac.simulator.conversation import Conversation, ToolCall, ToolResult
 Stop = Literal["end_turn", "tool_use", "max_tokens"]
 
 LOOP_MARKER = "[loop]"
-_TIME_PHRASES = ("what time", "the time", "current time", "today's date", "what date", "what day")
+# Whole words, so "the timeout" is not a question about the time.
+_TIME_QUESTION = re.compile(
+    r"\b(what time|the time|current time|today['\u2019]?s date|what date|what day)\b"
+)
 _DOCS_PHRASE = "search the docs"
 _ECHO_CHARS = 200
 _RESULT_CHARS = 1000
@@ -83,7 +87,7 @@ def _decide(conv: Conversation) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
         if conv.offers("calculator"):
             return "", [("calculator", {"expression": e}) for e in expressions]
         return f"I cannot calculate {', '.join(expressions)} without a calculator tool.", []
-    if conv.offers("current_time") and any(p in lowered for p in _TIME_PHRASES):
+    if conv.offers("current_time") and _TIME_QUESTION.search(lowered):
         return "", [("current_time", {})]
     query = _docs_query(text)
     if query is not None and conv.offers("search_docs"):

@@ -179,6 +179,11 @@ def test_other_tools(claude: anthropic.Anthropic, text: str, name: str, argument
     assert (call.name, call.input) == (name, arguments)
 
 
+def test_words_that_merely_contain_time_are_echoed(claude: anthropic.Anthropic) -> None:
+    message = ask_claude(claude, "Explain the timeout setting")
+    assert message.content[0].text == "You said: Explain the timeout setting"
+
+
 def test_tools_are_only_called_when_offered(claude: anthropic.Anthropic) -> None:
     message = ask_claude(claude, "What is 17 * 23?", tools=[])
     assert message.stop_reason == "end_turn"
