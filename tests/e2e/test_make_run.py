@@ -92,5 +92,5 @@ def test_make_run_serves_the_demo_and_stops_cleanly(system) -> None:  # type: ig
     assert len(children) >= 6  # honcho, web, worker, beat, flower, exporter, simulator
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     process.wait(60)
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
