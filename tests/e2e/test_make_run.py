@@ -28,6 +28,7 @@ def system(tmp_path: Path):  # type: ignore[no-untyped-def]
         env.pop(name, None)
     env.update(
         CELERIAC_EMBEDDED_REDIS="1",
+        CELERIAC_VAR_DIR=str(tmp_path / "var"),
         CELERIAC_EMBEDDED_REDIS_PORT=str(ports["redis"]),
         CELERIAC_WEB_PORT=str(ports["web"]),
         CELERIAC_FLOWER_PORT=str(ports["flower"]),
