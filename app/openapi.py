@@ -25,6 +25,7 @@ _MODELS = (
     schemas.ErrorResponse,
     schemas.TaskList,
     schemas.AgentList,
+    schemas.ProviderList,
     schemas.Health,
 )
 
@@ -136,6 +137,13 @@ def build_document() -> dict[str, Any]:
                 "summary": "Configured agents and their live versions",
                 "operationId": "listAgents",
                 "responses": {"200": _json("AgentList", "Agents")},
+            }
+        },
+        "/agent/providers": {
+            "get": {
+                "summary": "Models: provider, limits, circuit state, pause (shared by all workers)",
+                "operationId": "listProviders",
+                "responses": {"200": _json("ProviderList", "Models and their health")},
             }
         },
         "/healthz": {

@@ -63,6 +63,9 @@ class StepView(BaseModel):
     cost_usd: float
     attempts: int
     model: str | None
+    fallback_reason: str | None = None
+    cached: bool = False
+    attempt_log: list[dict[str, Any]] = Field(default_factory=list)
     error: dict[str, str | None] | None
     arguments: dict[str, Any] | None = None
     output: str | None = None
@@ -130,3 +133,29 @@ class AgentList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class CircuitView(BaseModel):
+    state: Literal["closed", "half_open", "open"]
+    consecutive_failures: int
+    opened_at: float | None
+
+
+class ModelLimitsView(BaseModel):
+    rpm: int
+    tpm: int
+
+
+class ProviderModelView(BaseModel):
+    model: str
+    provider: str
+    configured: bool
+    priced: bool
+    limits: ModelLimitsView
+    circuit: CircuitView
+    paused_for_s: float
+
+
+class ProviderList(BaseModel):
+    simulated: bool
+    models: list[ProviderModelView]

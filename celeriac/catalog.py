@@ -51,6 +51,7 @@ class AgentVersion:
     budget_usd: float
     system_prompt: str
     mcp_servers: tuple[dict[str, Any], ...] = ()
+    cache_ttl_s: int = 0  # > 0: identical requests are served from the response cache
 
     @property
     def ref(self) -> str:
@@ -187,6 +188,7 @@ def _agent_version(name: str, v: dict[str, Any]) -> AgentVersion:
         budget_usd=float(v.get("budget_usd", 1.0)),
         system_prompt=str(v.get("system_prompt", "")),
         mcp_servers=tuple(v.get("mcp_servers", ())),
+        cache_ttl_s=int(v.get("cache_ttl_s", 0)),
     )
 
 

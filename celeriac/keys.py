@@ -17,3 +17,28 @@ def metric_counter(name: str) -> str:
 
 def metric_histogram(name: str) -> str:
     return f"{METRIC_HISTOGRAMS}:{name}"
+
+
+# Rate limiter state: a GCRA "theoretical arrival time" per model and unit, and a
+# pause set from provider feedback. Both expire once they are in the past.
+def rate_bucket(model: str, unit: str) -> str:
+    return f"{PREFIX}:ratelimit:{model}:{unit}"
+
+
+def provider_pause(model: str) -> str:
+    return f"{PREFIX}:pause:{model}"
+
+
+# Circuit breaker state per model: a hash, plus per-second outcome counts that
+# expire after the breaker's window.
+def breaker_state(model: str) -> str:
+    return f"{PREFIX}:breaker:{model}"
+
+
+def breaker_window(model: str) -> str:
+    return f"{PREFIX}:breaker:{model}:window"
+
+
+# Response cache entries; TTL set per agent (``cache_ttl_s``).
+def response_cache(digest: str) -> str:
+    return f"{PREFIX}:cache:{digest}"

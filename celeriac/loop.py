@@ -20,16 +20,17 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from celeriac.catalog import Catalog
+from celeriac.calling import Caller, CallFailed, Served, Throttled
+from celeriac.catalog import AgentVersion, Catalog, ModelSpec
 from celeriac.clock import aware, utcnow
 from celeriac.conversation import conversation
-from celeriac.errors import CeleriacError, ProviderError, TransientProviderError
-from celeriac.messages import text_of, tool_uses
+from celeriac.errors import CeleriacError, TransientProviderError
+from celeriac.messages import Message, text_of, tool_uses
 from celeriac.observer import NullObserver, Observer, RunReport, StepReport
 from celeriac.pricing import cost_nanos, price_of
 from celeriac.priority import priority_from_level
-from celeriac.providers.base import LLMRequest, LLMResponse
-from celeriac.providers.registry import ProviderRegistry
+from celeriac.providers.base import LLMRequest
+from celeriac.retry import RetryLater, RetryPolicy
 from celeriac.steps import llm_step_id, new_step
 from celeriac.store import Database, Run, Step
 from celeriac.toolbox import Toolbox
@@ -62,6 +63,8 @@ class _Claim:
     max_tokens: int
     agent_ref: str
     tool_call_args: dict[str, object] | None
+    chain_index: int = 0
+    fallback_reason: str | None = None
 
 
 class AgentLoop:
@@ -69,16 +72,18 @@ class AgentLoop:
         self,
         db: Database,
         catalog: Callable[[], Catalog],
-        providers: ProviderRegistry,
+        caller: Caller,
         toolbox: Toolbox,
         *,
+        retry: RetryPolicy | None = None,
         observer: Observer | None = None,
         lease_s: float = 300.0,
         forward_simulator_headers: bool = False,
     ):
         self.db = db
         self.catalog = catalog
-        self.providers = providers
+        self.caller = caller
+        self.retry = retry or RetryPolicy()
         self.toolbox = toolbox
         self.observer = observer or NullObserver()
         self.lease = timedelta(seconds=lease_s)
@@ -124,109 +129,156 @@ class AgentLoop:
                 max_tokens=run.max_tokens,
                 agent_ref=f"{run.agent}@{run.agent_version}",
                 tool_call_args=step.arguments,
+                chain_index=step.chain_index,
+                fallback_reason=step.fallback_reason,
             )
             return claim, Outcome("executed")
 
     # -- LLM steps -----------------------------------------------------------------
 
     def run_llm_step(self, step_id: str) -> Outcome:
+        """Run one LLM step. Raises RetryLater (re-queue) or a CeleriacError (fail)."""
         claim, outcome = self._claim(step_id)
         if claim is None:
             return outcome
         catalog = self.catalog()
         version = catalog.resolve(claim.agent_ref, routing_key=claim.run_id)
-        model = catalog.model(claim.model)
-        price = price_of(model)
+        chain = model_chain(catalog, claim.model, version)
         with self.db.reader() as s:
             run = s.get(Run, claim.run_id)
             assert run is not None
             steps = list(s.scalars(select(Step).where(Step.run_id == claim.run_id)))
             messages = conversation(run, steps)
             meta = dict(run.meta or {})
-        request = LLMRequest(
-            model=model.id,
-            system=version.system_prompt,
-            messages=messages,
-            tools=self.toolbox.specs(version),
-            max_tokens=claim.max_tokens,
-            headers=self._headers(step_id, meta),
-        )
-        provider = self.providers.for_model(model)
-        started = time.perf_counter()
+        tools = self.toolbox.specs(version)
+
+        def build(model: ModelSpec) -> LLMRequest:
+            price_of(model)  # fail closed before any call to an unpriced model
+            headers = self._headers(step_id, claim.turn, model.id, meta)
+            return _request(model, version, messages, tools, claim.max_tokens, headers)
+
         try:
-            response = provider.complete(request)
-        except ProviderError as exc:
-            latency = (time.perf_counter() - started) * 1000
-            self._record_attempt(step_id, model.id, latency, exc)
-            raise
-        latency = (time.perf_counter() - started) * 1000
-        cost = cost_nanos(price, response.usage)
+            served = self.caller.call(
+                chain,
+                min(claim.chain_index, len(chain) - 1),
+                build,
+                cache_ttl_s=version.cache_ttl_s,
+                reason=claim.fallback_reason,
+            )
+        except Throttled as throttled:
+            self._hand_back(step_id, throttled.index, throttled.reason)
+            self.observer.count("rate_limit_requeue", {"model": chain[throttled.index].id})
+            raise RetryLater(throttled.wait_s, "rate_limited") from None
+        except CallFailed as failed:
+            raise self._failed_attempt(step_id, failed, len(chain)) from None
+        if served.waited_s > 0:
+            self.observer.count("rate_limit_wait", {"model": served.model.id})
+        if served.index > claim.chain_index and served.fallback_reason:
+            self.observer.count(
+                "fallback",
+                {"from_model": chain[claim.chain_index].id, "reason": served.fallback_reason},
+            )
+        cost = 0 if served.cached else cost_nanos(price_of(served.model), served.response.usage)
+        usage = served.response.usage
         log.info(
             "llm_call",
             run_id=claim.run_id,
             step=step_id,
-            model=model.id,
-            provider=model.provider,
-            latency_ms=round(latency, 1),
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
+            model=served.model.id,
+            provider=served.model.provider,
+            latency_ms=round(served.latency_ms, 1),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
             cost_usd=cost / 1e9,
-            stop_reason=response.stop_reason,
+            cached=served.cached,
+            fallback_reason=served.fallback_reason,
+            stop_reason=served.response.stop_reason,
         )
-        return self._record_llm(step_id, model.id, model.provider, response, latency, cost)
+        return self._record_llm(step_id, served, cost)
 
-    def _headers(self, step_id: str, meta: dict[str, object]) -> dict[str, str]:
-        headers = {"x-celeriac-step": step_id}
-        simulator = meta.get("simulator")
-        if self.forward_simulator_headers and isinstance(simulator, dict):
-            for key, value in simulator.items():
-                headers[f"x-sim-{str(key).replace('_', '-')}"] = str(value)
-        return headers
-
-    def _record_attempt(
-        self, step_id: str, model: str, latency_ms: float, exc: ProviderError
-    ) -> None:
-        """Note a failed attempt and hand the step back, so a retry can claim it."""
+    def _failed_attempt(self, step_id: str, failed: CallFailed, chain_len: int) -> Exception:
+        """Record a failed call; return what to raise: RetryLater, or the error itself."""
+        error = failed.error
+        transient = isinstance(error, TransientProviderError)
+        limit = self.retry.attempts_per_model
         with self.db.session() as s:
             step = s.get(Step, step_id, with_for_update=True)
-            if step is None or step.status != "running":
-                return
-            step.attempts += 1
-            step.attempt_log = [
-                *step.attempt_log,
-                {
-                    "model": model,
-                    "status": exc.status,
-                    "code": exc.code,
-                    "latency_ms": round(latency_ms, 1),
+            failures = 0
+            advanced = False
+            if step is not None and step.status == "running":
+                entry = {
+                    "model": failed.model.id,
+                    "index": failed.index,
+                    "ok": False,
+                    "status": error.status,
+                    "code": error.code,
+                    "latency_ms": round(failed.latency_ms, 1),
                     "at": utcnow().isoformat(),
-                },
-            ]
-            step.error_code, step.error_message = exc.code, exc.message
-            if isinstance(exc, TransientProviderError):
-                step.status, step.lease_until = "pending", None
+                }
+                step.attempt_log = [*step.attempt_log, entry]
+                step.attempts += 1
+                step.chain_index, step.fallback_reason = failed.index, failed.reason
+                step.error_code, step.error_message = error.code, error.message
+                failures = sum(
+                    1
+                    for e in step.attempt_log
+                    if e.get("index") == failed.index and not e.get("ok")
+                )
+                advanced = transient and failures >= limit and failed.index + 1 < chain_len
+                if advanced:
+                    step.chain_index, step.fallback_reason = failed.index + 1, "retries_exhausted"
+                if transient and (failures < limit or advanced):
+                    step.status, step.lease_until = "pending", None
         self.observer.step_finished(
             StepReport(
                 run_id=step_id.split("-")[0],
                 step_id=step_id,
                 kind="llm",
-                name=model,
-                provider=None,
-                status="retrying" if isinstance(exc, TransientProviderError) else "failed",
-                latency_ms=latency_ms,
-                error_code=exc.code,
+                name=failed.model.id,
+                provider=failed.model.provider,
+                status="retrying" if transient else "failed",
+                latency_ms=failed.latency_ms,
+                error_code=error.code,
             )
         )
+        if not transient:
+            return error
+        if advanced:
+            self.observer.count(
+                "fallback", {"from_model": failed.model.id, "reason": "retries_exhausted"}
+            )
+            return RetryLater(0, "fallback")
+        if failures >= limit:
+            return error
+        countdown = max(self.retry.backoff(failures), error.retry_after_s or 0.0)
+        return RetryLater(countdown, error.code)
 
-    def _record_llm(
-        self,
-        step_id: str,
-        model: str,
-        provider: str,
-        response: LLMResponse,
-        latency_ms: float,
-        cost: int,
-    ) -> Outcome:
+    def _hand_back(self, step_id: str, index: int, reason: str | None) -> None:
+        with self.db.session() as s:
+            step = s.get(Step, step_id, with_for_update=True)
+            if step is not None and step.status == "running":
+                step.status, step.lease_until = "pending", None
+                step.chain_index, step.fallback_reason = index, reason
+
+    def _headers(
+        self, step_id: str, turn: int, model: str, meta: dict[str, object]
+    ) -> dict[str, str]:
+        """``x-celeriac-step`` names the step (the simulator logs it, so tests can prove
+        a step reached the provider once). With the simulated provider, a task's
+        ``metadata.simulator`` becomes ``x-sim-*`` fault-injection headers: plain keys
+        for every call, ``models.<id>`` for one model, ``turns.<n>`` for one turn
+        (scopes nest: ``turns.1.models.<id>``)."""
+        headers = {"x-celeriac-step": step_id}
+        simulator = meta.get("simulator")
+        if not (self.forward_simulator_headers and isinstance(simulator, dict)):
+            return headers
+        merged = _scoped(simulator, model=model, turn=str(turn))
+        for key, value in merged.items():
+            headers[f"x-sim-{str(key).replace('_', '-')}"] = str(value)
+        return headers
+
+    def _record_llm(self, step_id: str, served: Served, cost: int) -> Outcome:
+        response, model, latency_ms = served.response, served.model.id, served.latency_ms
         now = utcnow()
         finished: RunReport | None = None
         with self.db.session() as s:
@@ -239,10 +291,19 @@ class AgentLoop:
             step.attempts += 1
             step.attempt_log = [
                 *step.attempt_log,
-                {"model": model, "status": 200, "latency_ms": round(latency_ms, 1)},
+                {
+                    "model": model,
+                    "index": served.index,
+                    "ok": True,
+                    "status": 200,
+                    "cached": served.cached,
+                    "latency_ms": round(latency_ms, 1),
+                },
             ]
             step.status = "completed"
             step.model = model
+            step.chain_index, step.fallback_reason = served.index, served.fallback_reason
+            step.cached = served.cached
             step.output = {"content": response.content, "stop_reason": response.stop_reason}
             step.latency_ms = latency_ms
             step.input_tokens = response.usage.input_tokens
@@ -289,8 +350,8 @@ class AgentLoop:
                 step_id=step_id,
                 kind="llm",
                 name=model,
-                provider=provider,
-                status="completed",
+                provider=served.model.provider,
+                status="cached" if served.cached else "completed",
                 latency_ms=latency_ms,
                 input_tokens=response.usage.input_tokens,
                 output_tokens=response.usage.output_tokens,
@@ -455,3 +516,36 @@ def _successors(s: Session, step: Step) -> list[Dispatch]:
         nxt = s.get(Step, llm_step_id(run.id, step.turn + 1))
         candidates = [nxt] if nxt is not None else []
     return [_dispatch_for(st, run) for st in candidates if st.status == "pending"]
+
+
+def model_chain(catalog: Catalog, primary: str, version: AgentVersion) -> list[ModelSpec]:
+    """The run's model first, then the agent's fallbacks, each once."""
+    ids = list(dict.fromkeys([primary, *version.fallbacks]))
+    return [catalog.model(model_id) for model_id in ids]
+
+
+def _request(
+    model: ModelSpec,
+    version: AgentVersion,
+    messages: list[Message],
+    tools: list[dict[str, object]],
+    max_tokens: int,
+    headers: dict[str, str],
+) -> LLMRequest:
+    return LLMRequest(
+        model=model.id,
+        system=version.system_prompt,
+        messages=messages,
+        tools=tools,
+        max_tokens=min(max_tokens, model.max_output_tokens),
+        headers=headers,
+    )
+
+
+def _scoped(options: dict[str, object], *, model: str, turn: str) -> dict[str, object]:
+    merged = {k: v for k, v in options.items() if k not in ("models", "turns")}
+    for scope, key in (("models", model), ("turns", turn)):
+        scoped = options.get(scope)
+        if isinstance(scoped, dict) and isinstance(scoped.get(key), dict):
+            merged.update(_scoped(scoped[key], model=model, turn=turn))
+    return merged

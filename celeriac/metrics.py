@@ -63,7 +63,26 @@ PROVIDER_LATENCY = Family(
     ("provider", "model"),
     (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS)
+RETRIES = Family(
+    "agent_retries_total", "Provider calls that failed and will be retried",
+    ("provider", "model", "code"),
+)
+FALLBACKS = Family(
+    "agent_fallbacks_total", "Calls moved to the next model of a chain", ("from_model", "reason")
+)
+RATE_LIMIT_WAITS = Family(
+    "agent_rate_limit_waits_total", "Calls that waited for rate-limit capacity", ("model", "kind")
+)
+CACHE_HITS = Family("agent_cache_hits_total", "LLM steps served from the response cache",
+                    ("model",))
+COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS, RETRIES, FALLBACKS,
+            RATE_LIMIT_WAITS, CACHE_HITS)
+_EVENTS: dict[str, tuple[Family, tuple[str, ...], dict[str, str]]] = {
+    # event -> (family, label names taken from the event, fixed labels)
+    "rate_limit_wait": (RATE_LIMIT_WAITS, ("model",), {"kind": "in_place"}),
+    "rate_limit_requeue": (RATE_LIMIT_WAITS, ("model",), {"kind": "requeued"}),
+    "fallback": (FALLBACKS, ("from_model", "reason"), {}),
+}
 HISTOGRAMS = (LATENCY, STEPS, COST, PROVIDER_LATENCY)
 
 
@@ -96,10 +115,23 @@ class RedisMetrics:
         self._observe(pipe, COST, (report.agent,), report.cost_nanos / 1e9)
         pipe.execute()
 
+    def count(self, event: str, labels: dict[str, str]) -> None:
+        family, names, fixed = _EVENTS[event]
+        values = {**fixed, **{n: labels[n] for n in names}}
+        pipe = self.redis.pipeline(transaction=True)
+        self._count(pipe, family, tuple(values[n] for n in family.labels))
+        pipe.execute()
+
     def step_finished(self, report: StepReport) -> None:
         pipe = self.redis.pipeline(transaction=True)
         if report.kind == "tool":
             self._count(pipe, TOOL_CALLS, (report.name, report.status))
+        elif report.status == "cached":
+            self._count(pipe, CACHE_HITS, (report.name,))
+        elif report.status == "retrying":
+            provider = report.provider or "unknown"
+            self._count(pipe, RETRIES, (provider, report.name, report.error_code or "unknown"))
+            self._count(pipe, PROVIDER_CALLS, (provider, report.name, "error"))
         else:
             provider = report.provider or "unknown"
             self._count(pipe, PROVIDER_CALLS, (provider, report.name, report.status))

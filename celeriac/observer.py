@@ -41,10 +41,17 @@ class Observer(Protocol):
 
     def run_finished(self, report: RunReport) -> None: ...
 
+    def count(self, event: str, labels: dict[str, str]) -> None:
+        """A countable event: rate_limit_wait, rate_limit_requeue, fallback."""
+        ...
+
 
 class NullObserver:
     def step_finished(self, report: StepReport) -> None:
         pass
 
     def run_finished(self, report: RunReport) -> None:
+        pass
+
+    def count(self, event: str, labels: dict[str, str]) -> None:
         pass

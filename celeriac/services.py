@@ -11,10 +11,16 @@ from functools import cached_property
 
 from redis import Redis
 
+from celeriac.cache import ResponseCache
+from celeriac.calling import Caller
 from celeriac.catalog import Catalog, CatalogSource
+from celeriac.limits.breaker import CircuitBreaker
+from celeriac.limits.config import Limits, load_limits
+from celeriac.limits.ratelimit import RateLimiter
 from celeriac.loop import AgentLoop
 from celeriac.metrics import RedisMetrics
 from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.retry import RetryPolicy
 from celeriac.store import Database
 from celeriac.toolbox import Toolbox
 from celeriac.tools.builtins import builtin_registry
@@ -68,12 +74,40 @@ class Services:
         return RedisMetrics(self.redis)
 
     @cached_property
+    def limits(self) -> Limits:
+        return load_limits(self.settings.config_dir / "limits.toml", self.settings.limits)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, self.limits)
+
+    @cached_property
+    def breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(self.redis, self.limits.breaker)
+
+    @cached_property
+    def caller(self) -> Caller:
+        return Caller(
+            providers=self.providers,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            cache=ResponseCache(self.redis),
+            limits=self.limits,
+        )
+
+    @cached_property
     def loop(self) -> AgentLoop:
+        retries = self.limits.retries
         return AgentLoop(
             self.db,
             self.catalog,
-            self.providers,
+            self.caller,
             self.toolbox,
+            retry=RetryPolicy(
+                attempts_per_model=retries.attempts_per_model,
+                backoff_base_s=retries.backoff_base_s,
+                backoff_cap_s=retries.backoff_cap_s,
+            ),
             observer=self.metrics,
             lease_s=self.settings.provider_timeout_s * 2 + 30,
             forward_simulator_headers=self.settings.simulated,

@@ -37,6 +37,9 @@ def step_document(step: Step) -> dict[str, Any]:
         "cost_usd": nanos_to_usd(step.cost_nanos),
         "attempts": step.attempts,
         "model": step.model,
+        "fallback_reason": step.fallback_reason,
+        "cached": step.cached,
+        "attempt_log": step.attempt_log,
         "error": (
             {"code": step.error_code, "message": step.error_message}
             if step.error_code and step.status != "completed"

@@ -26,7 +26,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CELERIAC_", extra="ignore")
+    # An empty variable (ANTHROPIC_API_KEY="") means unset, not "configured as ''".
+    model_config = SettingsConfigDict(
+        env_prefix="CELERIAC_", extra="ignore", env_ignore_empty=True
+    )
 
     # Connections. REDIS_URL is resolved by the launcher (local server or embedded)
     # before any process starts, so every process sees the same value.
@@ -47,6 +50,8 @@ class Settings(BaseSettings):
     simulate: bool | None = None
     simulator_url: str = "http://127.0.0.1:8765"
     provider_timeout_s: float = 60.0
+    # JSON merged over config/limits.toml, e.g. {"gpt-4o-mini": {"rpm": 600}}.
+    limits: str | None = None
 
     # Behaviour.
     config_dir: Path = CONFIG_DIR

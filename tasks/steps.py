@@ -1,7 +1,11 @@
 """The step tasks. Thin, like views: claim/call/record lives in the core loop.
 
-Retries are Celery's: exponential backoff with jitter and a cap, where a larger
-``retry-after`` from the provider wins. Permanent errors fail the run at once.
+Retries go through Celery (``Task.retry`` with a countdown); the core decides the
+countdown and when to stop: exponential backoff 1, 2, 4, 8 s with jitter and a cap
+per model, a larger ``retry-after`` wins, then the next model of the chain
+(``celeriac.retry``). Celery's per-message retry counter cannot express "per model",
+so ``max_retries`` is left unlimited here and the core's policy bounds the attempts.
+Permanent errors fail the run at once.
 """
 
 from __future__ import annotations
@@ -10,59 +14,52 @@ from typing import Any
 
 import structlog
 from celery import Task
-from celery.utils.time import get_exponential_backoff_interval
 
-from celeriac.errors import CeleriacError, TransientProviderError
+from celeriac.errors import CeleriacError
 from celeriac.loop import Outcome
+from celeriac.retry import RetryLater
 from config.celery import LLM_STEP, TOOL_STEP
 from tasks.dispatch import send_steps
 from tasks.worker import app, services
 
 log = structlog.get_logger("tasks.steps")
 
-RETRY_BACKOFF_S = 1
-RETRY_BACKOFF_MAX_S = 30
-MAX_RETRIES = 4
+# Far below the broker's visibility timeout (1 h), so a waiting message is never
+# redelivered while its countdown runs.
+MAX_COUNTDOWN_S = 600
+# Infrastructure errors (store or Redis down) retry for a long while with capped
+# backoff: an outage must not fail accepted tasks.
+INFRA_RETRIES = 500
 
 
 class StepTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
-    max_retries = MAX_RETRIES
-    retry_backoff = RETRY_BACKOFF_S
-    retry_backoff_max = RETRY_BACKOFF_MAX_S
-    retry_jitter = True
+    max_retries = None  # bounded by the core's retry policy, per model (see above)
 
     def run_step(self, step_id: str, execute: Any) -> str:
         loop = services().loop
         try:
             outcome: Outcome = execute(step_id)
-        except TransientProviderError as exc:
-            if self.request.retries >= self.max_retries:
-                loop.fail_step(step_id, exc)
-                return "failed"
-            backoff = get_exponential_backoff_interval(
-                factor=self.retry_backoff,
-                retries=self.request.retries,
-                maximum=self.retry_backoff_max,
-                full_jitter=self.retry_jitter,
-            )
-            countdown = max(backoff, exc.retry_after_s or 0)
-            log.info("step_retry", step=step_id, code=exc.code, countdown_s=countdown)
-            raise self.retry(exc=exc, countdown=countdown) from None
+        except RetryLater as later:
+            countdown = min(MAX_COUNTDOWN_S, later.countdown_s)
+            log.info("step_retry", step=step_id, reason=later.reason,
+                     countdown_s=round(countdown, 3))
+            raise self.retry(countdown=countdown) from None
         except CeleriacError as exc:
             log.warning("step_failed", step=step_id, code=exc.code, error=exc.message)
             loop.fail_step(step_id, exc)
             return "failed"
         except Exception as exc:
             # Infrastructure trouble (database, Redis): retry, then fail the run loudly.
-            if self.request.retries >= self.max_retries:
+            failures = int(self.request.retries or 0)
+            if failures >= INFRA_RETRIES:
                 log.exception("step_crashed", step=step_id)
                 loop.fail_step(step_id, CeleriacError(f"internal error: {type(exc).__name__}"))
                 return "failed"
             log.warning("step_error_retrying", step=step_id, error=repr(exc))
-            raise self.retry(exc=exc, countdown=2 ** self.request.retries) from None
+            raise self.retry(countdown=min(60, 2 ** min(failures, 6))) from None
         if outcome.dispatch:
             send_steps(app, outcome.dispatch)
         return outcome.note

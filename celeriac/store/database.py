@@ -39,7 +39,14 @@ class Database:
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Create missing tables. Every process calls this at start-up; on PostgreSQL
+        an advisory lock keeps two of them from racing on the same CREATE TABLE."""
+        if self.is_sqlite:
+            Base.metadata.create_all(self.engine)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            Base.metadata.create_all(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

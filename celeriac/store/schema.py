@@ -85,6 +85,10 @@ class Step(Base):
     arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     model: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Position reached in the agent's model chain, and why it moved past the first.
+    chain_index: Mapped[int] = mapped_column(default=0)
+    fallback_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    cached: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(default=0)
     attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
     deliveries: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,2 @@
+"""Limits that hold across every worker process and host: the rate limiter, the
+circuit breaker and provider pauses, all kept in Redis and changed atomically."""

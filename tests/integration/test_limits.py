@@ -1,0 +1,154 @@
+"""The rate limiter and circuit breaker against a real Redis, across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celeriac.calling import exhausted_for
+from celeriac.limits.breaker import CircuitBreaker
+from celeriac.limits.config import BreakerSettings, Limits, ModelLimits
+from celeriac.limits.ratelimit import RateLimiter
+from celeriac.retry import RetryPolicy
+from tests.support.services import RedisServer
+
+LIMITS_DB = 10
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url(LIMITS_DB), decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def _grab(url: str, n: int, rpm: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    client = redis.Redis.from_url(url, decode_responses=True)
+    limiter = RateLimiter(client, Limits(models={"m": ModelLimits(rpm=rpm)}, burst=2))
+    for _ in range(n):
+        grant = limiter.acquire("m", 1, max_wait_s=60)
+        assert grant.granted
+        time.sleep(grant.wait_s)
+        out.put(time.time())
+
+
+def test_limiter_paces_calls_across_processes(redis_server: RedisServer,
+                                              r: redis.Redis) -> None:
+    rpm, per_process = 600, 15  # one slot every ~0.1 s
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_grab, args=(redis_server.url(LIMITS_DB), per_process, rpm, out)
+        )
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    times = sorted(out.get(timeout=60) for _ in range(3 * per_process))
+    for p in procs:
+        p.join(10)
+    # Any one-second window holds at most the pace (597/min ~ 9.95/s) plus the burst.
+    window = 1.0
+    worst = max(sum(1 for t in times if start <= t < start + window) for start in times)
+    assert worst <= 10 + 2 + 1, worst
+    # And the pace is used: 45 calls need about (45 - 3) / 9.95 s, not much more.
+    assert times[-1] - times[0] < (len(times) - 3) / 9.95 + 1.5
+
+
+def test_limiter_refuses_long_waits_without_reserving(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, Limits(models={"m": ModelLimits(rpm=60)}, burst=0))
+    assert limiter.acquire("m", 1, max_wait_s=0).granted
+    refused = limiter.acquire("m", 1, max_wait_s=0.5)
+    assert not refused.granted and refused.wait_s > 0.5
+    # Nothing was reserved by the refusal: the next wait is the same, not longer.
+    again = limiter.acquire("m", 1, max_wait_s=0.5)
+    assert abs(again.wait_s - refused.wait_s) < 0.2
+
+
+def test_token_limit_reserves_then_settles(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, Limits(models={"m": ModelLimits(tpm=6000)}, tpm_burst_fraction=0.1))
+    assert limiter.acquire("m", 600, max_wait_s=0).granted  # the burst: 10% of 6000
+    blocked = limiter.acquire("m", 600, max_wait_s=0)
+    assert not blocked.granted and blocked.wait_s > 5  # 600 tokens at 100 tokens/s
+    limiter.settle_tokens("m", estimated=600, actual=60)  # the call used far less
+    assert limiter.acquire("m", 100, max_wait_s=0).granted
+
+
+def test_pause_holds_every_caller(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, Limits())
+    other_worker = RateLimiter(redis.Redis(connection_pool=r.connection_pool), Limits())
+    limiter.pause("m", 2.0)
+    grant = other_worker.acquire("m", 1, max_wait_s=10)
+    assert 1.5 < grant.wait_s <= 2.0
+    assert 1.5 < other_worker.paused_for("m") <= 2.0
+    assert not other_worker.acquire("m", 1, max_wait_s=1).granted
+
+
+def test_breaker_opens_on_consecutive_failures_half_opens_and_closes(r: redis.Redis) -> None:
+    breaker = CircuitBreaker(r, BreakerSettings(consecutive_failures=5, open_s=0.3,
+                                                half_open_trials=1, min_volume=100))
+    for _ in range(4):
+        breaker.record("m", ok=False)
+    assert breaker.view("m").state == "closed" and breaker.allow("m")
+    assert breaker.record("m", ok=False) == "open"
+    assert not breaker.allow("m")
+    deadline = time.monotonic() + 5
+    while not breaker.allow("m"):  # the first caller after open_s gets the trial
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert breaker.view("m").state == "half_open"
+    assert not breaker.allow("m")  # only one trial at a time
+    assert breaker.record("m", ok=True) == "closed"
+    assert breaker.allow("m")
+
+
+def test_breaker_reopens_when_the_trial_fails(r: redis.Redis) -> None:
+    breaker = CircuitBreaker(r, BreakerSettings(consecutive_failures=1, open_s=0.2))
+    breaker.record("m", ok=False)
+    deadline = time.monotonic() + 5
+    while not breaker.allow("m"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert breaker.record("m", ok=False) == "open"
+    assert not breaker.allow("m")
+
+
+def test_breaker_opens_on_error_rate_with_minimum_volume(r: redis.Redis) -> None:
+    breaker = CircuitBreaker(r, BreakerSettings(consecutive_failures=100, min_volume=10,
+                                                error_rate=0.5))
+    for i in range(8):  # 4 of 8 fail, alternating: under the minimum volume
+        breaker.record("m", ok=i % 2 == 0)
+    assert breaker.view("m").state == "closed"
+    breaker.record("m", ok=False)  # 5 of 9
+    assert breaker.view("m").state == "closed"
+    assert breaker.record("m", ok=False) == "open"  # 6 of 10 > 50%
+
+
+def test_exhausted_headers_become_pauses() -> None:
+    assert exhausted_for({"x-ratelimit-remaining-requests": "0",
+                          "x-ratelimit-reset-requests": "1.5s"}) == pytest.approx(1.5)
+    assert exhausted_for({"x-ratelimit-remaining-tokens": "0",
+                          "x-ratelimit-reset-tokens": "1m30s"}) == pytest.approx(90)
+    assert exhausted_for({"x-ratelimit-remaining-requests": "5",
+                          "x-ratelimit-reset-requests": "1.5s"}) == 0
+    pause = exhausted_for({
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10)),
+    })
+    assert 8 < pause <= 10
+
+
+def test_backoff_doubles_with_jitter_and_a_cap() -> None:
+    policy = RetryPolicy(backoff_base_s=1, backoff_cap_s=5)
+    for failures, full in [(1, 1), (2, 2), (3, 4), (4, 5), (9, 5)]:
+        samples = [policy.backoff(failures) for _ in range(200)]
+        assert all(full / 2 <= s <= full for s in samples)
+        assert max(samples) - min(samples) > full / 10  # jittered, not constant
+    assert RetryPolicy(jitter=False).backoff(3) == 4
