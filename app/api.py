@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -12,7 +13,10 @@ from pydantic import ValidationError
 from app.context import web
 from app.errors import validation_error
 from app.schemas import RunRequest
-from celeriac.errors import CeleriacError, InvalidRequest
+from celeriac.budget.ledger import usage_report
+from celeriac.clock import utcnow
+from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
+from celeriac.pricing import nanos_to_usd, usd_to_nanos
 from celeriac.submission import Submission, submit
 from celeriac.views import list_runs, load_run_document
 
@@ -55,6 +59,7 @@ def run() -> ResponseReturnValue:
             f"input is longer than {services.settings.max_input_chars} characters",
             field="input",
         )
+    refuse_when_daily_budget_spent(TENANT)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
@@ -73,7 +78,7 @@ def run() -> ResponseReturnValue:
             tenant=TENANT,
             idempotency_key=key,
         ),
-        max_budget_usd=services.settings.max_task_budget_usd,
+        max_budget_usd=services.budgets.max_task_usd,
     )
     if accepted.created:
         try:
@@ -151,6 +156,68 @@ def agents() -> ResponseReturnValue:
             ]
         }
     )
+
+
+@bp.get("/usage")
+def usage() -> ResponseReturnValue:
+    """Spend and tokens per day, tenant and model, from the ledger; and today's caps."""
+    services = web().services
+    budgets = services.budgets
+    today = budgets.day(utcnow())
+    since = _date_arg("since", today - timedelta(days=6))
+    until = _date_arg("until", today)
+    if since > until:
+        raise InvalidRequest("since must not be after until", field="since")
+    report = usage_report(services.db, since=since.isoformat(), until=until.isoformat(),
+                          tenant=TENANT)
+    day = today.isoformat()
+    tenant_state = services.keeper.day_state(day, TENANT)
+    global_state = services.keeper.day_state(day)
+    report["budgets"] = {
+        "day": day,
+        "timezone": budgets.timezone,
+        "resets_at": budgets.next_reset(utcnow()).isoformat(),
+        "tenant": _budget_view(budgets.tenant_cap(TENANT), tenant_state),
+        "global": _budget_view(budgets.daily_usd, global_state),
+        "max_task_usd": budgets.max_task_usd,
+    }
+    return jsonify(report)
+
+
+def _budget_view(cap_usd: float, state: dict[str, int]) -> dict[str, float | None]:
+    spent, reserved = nanos_to_usd(state["spent"]), nanos_to_usd(state["reserved"])
+    remaining = None if cap_usd <= 0 else max(0.0, cap_usd - spent - reserved)
+    return {"cap_usd": cap_usd or None, "spent_usd": spent, "reserved_usd": reserved,
+            "remaining_usd": remaining}
+
+
+def _date_arg(name: str, default: date) -> date:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a date, YYYY-MM-DD", field=name) from None
+
+
+def refuse_when_daily_budget_spent(tenant: str) -> None:
+    """New work is refused with 429 while a daily cap is used up, until it resets."""
+    services = web().services
+    budgets = services.budgets
+    now = utcnow()
+    day = budgets.day(now).isoformat()
+    for name, state, cap in (
+        ("global daily", services.keeper.day_state(day), budgets.daily_usd),
+        (f"tenant {tenant!r} daily", services.keeper.day_state(day, tenant),
+         budgets.tenant_cap(tenant)),
+    ):
+        if cap > 0 and state["spent"] + state["reserved"] >= usd_to_nanos(cap):
+            reset = budgets.next_reset(now)
+            raise BudgetSpent(
+                f"the {name} budget of ${cap:.2f} is spent; it resets at {reset.isoformat()}",
+                retry_after_s=max(1, int((reset - now).total_seconds())),
+            )
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from celeriac.errors import CeleriacError, Conflict, InvalidRequest, NotFound
+from celeriac.errors import BudgetSpent, CeleriacError, Conflict, InvalidRequest, NotFound
 
 log = structlog.get_logger("app.errors")
 
@@ -28,6 +28,7 @@ _STATUS_BY_CODE = {
     "bad_request": 400,
     "price_unknown": 422,
     "enqueue_failed": 503,
+    "budget_exhausted": 429,
     "unavailable": 503,
 }
 
@@ -65,7 +66,11 @@ def validation_error(exc: ValidationError) -> CeleriacError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CeleriacError)
     def _celeriac(error: CeleriacError) -> ResponseReturnValue:
-        return error_response(status_for(error), error.code, error.message, error.field)
+        body, status = error_response(status_for(error), error.code, error.message, error.field)
+        headers = {}
+        if isinstance(error, BudgetSpent):
+            headers["Retry-After"] = str(error.retry_after_s)
+        return body, status, headers
 
     @app.errorhandler(ValidationError)
     def _validation(error: ValidationError) -> ResponseReturnValue:

@@ -26,6 +26,7 @@ _MODELS = (
     schemas.TaskList,
     schemas.AgentList,
     schemas.ProviderList,
+    schemas.UsageReport,
     schemas.Health,
 )
 
@@ -45,6 +46,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "Body too large",
         415: "Content-Type is not application/json",
         422: "Invalid field, unknown agent or model, or provider not configured",
+        429: "A daily budget is spent (Retry-After: seconds until it resets)",
         503: "Broker unavailable",
     }
     return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
@@ -77,7 +79,7 @@ def build_document() -> dict[str, Any]:
                 "responses": {
                     "202": _json("RunAccepted", "Accepted; poll status_url"),
                     "200": _json("RunAccepted", "Same Idempotency-Key: the earlier task"),
-                    **_errors(400, 413, 415, 422, 503),
+                    **_errors(400, 413, 415, 422, 429, 503),
                 },
             }
         },
@@ -137,6 +139,19 @@ def build_document() -> dict[str, Any]:
                 "summary": "Configured agents and their live versions",
                 "operationId": "listAgents",
                 "responses": {"200": _json("AgentList", "Agents")},
+            }
+        },
+        "/agent/usage": {
+            "get": {
+                "summary": "Spend and tokens per day, tenant and model; today's budgets",
+                "operationId": "getUsage",
+                "parameters": [
+                    {"name": "since", "in": "query",
+                     "schema": {"type": "string", "format": "date"}},
+                    {"name": "until", "in": "query",
+                     "schema": {"type": "string", "format": "date"}},
+                ],
+                "responses": {"200": _json("UsageReport", "Usage"), **_errors(422)},
             }
         },
         "/agent/providers": {

@@ -159,3 +159,37 @@ class ProviderModelView(BaseModel):
 class ProviderList(BaseModel):
     simulated: bool
     models: list[ProviderModelView]
+
+
+class UsageItem(BaseModel):
+    day: str
+    tenant: str
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class BudgetView(BaseModel):
+    cap_usd: float | None
+    spent_usd: float
+    reserved_usd: float
+    remaining_usd: float | None
+
+
+class BudgetsView(BaseModel):
+    day: str
+    timezone: str
+    resets_at: str
+    tenant: BudgetView
+    global_: BudgetView = Field(alias="global")
+    max_task_usd: float
+
+
+class UsageReport(BaseModel):
+    since: str
+    until: str
+    items: list[UsageItem]
+    total_cost_usd: float
+    budgets: BudgetsView

@@ -2,11 +2,15 @@
 
 For a step, starting at the chain position it reached so far:
 1. skip models whose circuit is open (fallback reason ``circuit_open``);
-2. reserve rate-limit capacity; a wait within ``wait_in_place_s`` is slept here, a
+2. reserve the call's worst-case cost against the budgets; a refusal moves on to
+   the next (cheaper) model of the chain (reason ``budget``), or ends the run with
+   ``budget_exceeded`` when none is left;
+3. reserve rate-limit capacity; a wait within ``wait_in_place_s`` is slept here, a
    longer one either falls back (past ``fallback_after_wait_s``, reason
    ``rate_limited``) or re-queues the step with the wait as countdown (``Throttled``);
-3. serve from the response cache when the agent opted in;
-4. call the provider, then feed the outcome to the breaker, settle the token
+4. serve from the response cache when the agent opted in (before any reservation:
+   a hit costs nothing);
+5. call the provider, then feed the outcome to the breaker, settle the token
    reservation to the reported usage, and turn provider feedback (429 retry-after,
    exhausted rate-limit headers) into a pause for every worker.
 Failures come back as ``CallFailed``; the loop decides on retry or fallback.
@@ -18,12 +22,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from celeriac.budget.gate import BudgetGate, Reservation
+from celeriac.budget.keeper import Refusal
 from celeriac.cache import ResponseCache
 from celeriac.catalog import ModelSpec
-from celeriac.errors import ProviderError, RateLimited, TransientProviderError
+from celeriac.errors import BudgetExceeded, ProviderError, RateLimited, TransientProviderError
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import Limits
 from celeriac.limits.ratelimit import RateLimiter
@@ -40,6 +46,7 @@ class Served:
     cached: bool
     fallback_reason: str | None
     waited_s: float
+    reservation: Reservation | None = None
 
 
 class Throttled(Exception):
@@ -75,8 +82,10 @@ class Caller:
         *,
         cache_ttl_s: int = 0,
         reason: str | None = None,
+        gate: BudgetGate | None = None,
     ) -> Served:
         shortest_wait: float | None = None
+        refusals: list[Refusal] = []
         for index in range(start, len(chain)):
             model = chain[index]
             last = index == len(chain) - 1
@@ -91,13 +100,21 @@ class Caller:
                 hit = self.cache.get(request)
                 if hit is not None:
                     return Served(hit, model, index, 0.0, True, reason, 0.0)
-            estimate = estimate_tokens(request)
+            reservation: Reservation | None = None
+            if gate is not None:
+                held = gate.reserve(model, request, estimate_input_tokens(request))
+                if isinstance(held, Refusal):
+                    refusals.append(held)
+                    reason = "budget"
+                    continue
+                reservation = held
+            tokens = estimate_input_tokens(request) + request.max_tokens
             # Reserve only what we will wait for in place; a reservation held across a
             # re-queue would be paid twice when the step comes back.
-            grant = self.limiter.acquire(
-                model.id, estimate, max_wait_s=self.limits.wait_in_place_s
-            )
+            grant = self.limiter.acquire(model.id, tokens, max_wait_s=self.limits.wait_in_place_s)
             if not grant.granted:
+                if gate is not None and reservation is not None:
+                    gate.release(reservation)
                 shortest_wait = _min(shortest_wait, grant.wait_s)
                 if not last and grant.wait_s > self.limits.fallback_after_wait_s:
                     reason = "rate_limited"
@@ -105,7 +122,17 @@ class Caller:
                 raise Throttled(grant.wait_s, index, reason)
             if grant.wait_s > 0:
                 self.sleep(grant.wait_s)
-            return self._call(model, index, request, estimate, reason, grant.wait_s, cache_ttl_s)
+            try:
+                served = self._call(model, index, request, tokens, reason, grant.wait_s,
+                                    cache_ttl_s)
+            except CallFailed:
+                if gate is not None and reservation is not None:
+                    gate.release(reservation)  # a failed call costs nothing
+                raise
+            return replace(served, reservation=reservation)
+        if refusals and shortest_wait is None:
+            tenant = gate.tenant if gate is not None else ""
+            raise BudgetExceeded(refusals[0].message(tenant))
         raise Throttled(shortest_wait or self.limits.wait_in_place_s, start, reason)
 
     def _call(self, model: ModelSpec, index: int, request: LLMRequest, estimate: int,
@@ -137,10 +164,11 @@ def _min(current: float | None, value: float) -> float:
     return value if current is None else min(current, value)
 
 
-def estimate_tokens(request: LLMRequest) -> int:
-    """Input estimate (about four characters a token) plus the output ceiling."""
+def estimate_input_tokens(request: LLMRequest) -> int:
+    """A deliberately high estimate of the prompt's tokens: three characters a token
+    (English prose runs near four), so reservations rarely fall short of usage."""
     size = len(request.system) + len(json.dumps(request.messages)) + len(json.dumps(request.tools))
-    return math.ceil(size / 4) + request.max_tokens
+    return math.ceil(size / 3) + 16
 
 
 def exhausted_for(headers: dict[str, str]) -> float:

@@ -13,6 +13,8 @@
     │   └── PermanentProviderError   (fail at once: 400, 401, 403, 404, policy)
     │       └── ContextWindowExceeded
     ├── ToolError                 (shown to the model as a tool result, never a crash)
+    ├── BudgetExceeded            (a call would pass a task, tenant or global cap)
+    ├── BudgetSpent               (a daily cap is used up: 429 until it resets)
     └── RunFailed                 (a run's terminal failure: max_steps, dead letter ...)
 """
 
@@ -94,6 +96,20 @@ class ContextWindowExceeded(PermanentProviderError):
 
 class ToolError(CeleriacError):
     code = "tool_error"
+
+
+class BudgetExceeded(CeleriacError):
+    code = "budget_exceeded"
+
+
+class BudgetSpent(CeleriacError):
+    """A daily cap is used up: new submissions wait for the window's reset."""
+
+    code = "budget_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RunFailed(CeleriacError):

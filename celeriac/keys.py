@@ -42,3 +42,35 @@ def breaker_window(model: str) -> str:
 # Response cache entries; TTL set per agent (``cache_ttl_s``).
 def response_cache(digest: str) -> str:
     return f"{PREFIX}:cache:{digest}"
+
+
+# Budgets. Counters per calendar day (in the budget time zone), so a new day is a
+# new key and no reset can overwrite spend. Kept three days, rebuilt from the
+# ledger when missing. Reservations live until settled, or until the reaper
+# settles them after ``reservation_ttl_s``.
+BUDGET_COUNTER_TTL_S = 3 * 24 * 3600
+BUDGET_RESERVATIONS = f"{PREFIX}:budget:reservations"
+
+
+def budget_global(day: str) -> str:
+    return f"{PREFIX}:budget:{day}:global"
+
+
+def budget_tenant(day: str, tenant: str) -> str:
+    return f"{PREFIX}:budget:{day}:tenant:{tenant}"
+
+
+def budget_ready(day: str) -> str:
+    return f"{PREFIX}:budget:{day}:ready"
+
+
+def budget_settled(day: str) -> str:
+    return f"{PREFIX}:budget:{day}:settled"
+
+
+def budget_reservation(reservation_id: str) -> str:
+    return f"{PREFIX}:budget:reservation:{reservation_id}"
+
+
+def budget_rebuild_lock(day: str) -> str:
+    return f"{PREFIX}:budget:{day}:rebuild-lock"

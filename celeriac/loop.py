@@ -20,6 +20,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from celeriac.budget.config import Budgets
+from celeriac.budget.gate import BudgetGate, Reservation
+from celeriac.budget.keeper import BudgetKeeper
 from celeriac.calling import Caller, CallFailed, Served, Throttled
 from celeriac.catalog import AgentVersion, Catalog, ModelSpec
 from celeriac.clock import aware, utcnow
@@ -27,12 +30,12 @@ from celeriac.conversation import conversation
 from celeriac.errors import CeleriacError, TransientProviderError
 from celeriac.messages import Message, text_of, tool_uses
 from celeriac.observer import NullObserver, Observer, RunReport, StepReport
-from celeriac.pricing import cost_nanos, price_of
+from celeriac.pricing import cost_nanos, price_of, usd_to_nanos
 from celeriac.priority import priority_from_level
 from celeriac.providers.base import LLMRequest
 from celeriac.retry import RetryLater, RetryPolicy
 from celeriac.steps import llm_step_id, new_step
-from celeriac.store import Database, Run, Step
+from celeriac.store import Database, LedgerEntry, Run, Step
 from celeriac.toolbox import Toolbox
 
 log = structlog.get_logger("celeriac.loop")
@@ -65,6 +68,10 @@ class _Claim:
     tool_call_args: dict[str, object] | None
     chain_index: int = 0
     fallback_reason: str | None = None
+    tenant: str = "default"
+    budget_nanos: int = 0
+    spent_nanos: int = 0
+    attempts: int = 0
 
 
 class AgentLoop:
@@ -76,6 +83,9 @@ class AgentLoop:
         toolbox: Toolbox,
         *,
         retry: RetryPolicy | None = None,
+        keeper: BudgetKeeper | None = None,
+        budgets: Budgets | None = None,
+        price_version: Callable[[], str] = lambda: "",
         observer: Observer | None = None,
         lease_s: float = 300.0,
         forward_simulator_headers: bool = False,
@@ -84,6 +94,9 @@ class AgentLoop:
         self.catalog = catalog
         self.caller = caller
         self.retry = retry or RetryPolicy()
+        self.keeper = keeper
+        self.budgets = budgets or Budgets()
+        self.price_version = price_version
         self.toolbox = toolbox
         self.observer = observer or NullObserver()
         self.lease = timedelta(seconds=lease_s)
@@ -131,6 +144,10 @@ class AgentLoop:
                 tool_call_args=step.arguments,
                 chain_index=step.chain_index,
                 fallback_reason=step.fallback_reason,
+                tenant=run.tenant,
+                budget_nanos=usd_to_nanos(run.budget_usd),
+                spent_nanos=run.cost_nanos,
+                attempts=len(step.attempt_log or []),
             )
             return claim, Outcome("executed")
 
@@ -157,6 +174,17 @@ class AgentLoop:
             headers = self._headers(step_id, claim.turn, model.id, meta)
             return _request(model, version, messages, tools, claim.max_tokens, headers)
 
+        gate = None
+        if self.keeper is not None:
+            gate = BudgetGate(
+                keeper=self.keeper,
+                day=self.budgets.day(utcnow()).isoformat(),
+                tenant=claim.tenant,
+                reservation_prefix=f"{step_id}:{claim.attempts}",
+                task_cap_nanos=claim.budget_nanos,
+                task_spent_nanos=claim.spent_nanos,
+                on_reserved=lambda r: self._note_reservation(step_id, r),
+            )
         try:
             served = self.caller.call(
                 chain,
@@ -164,6 +192,7 @@ class AgentLoop:
                 build,
                 cache_ttl_s=version.cache_ttl_s,
                 reason=claim.fallback_reason,
+                gate=gate,
             )
         except Throttled as throttled:
             self._hand_back(step_id, throttled.index, throttled.reason)
@@ -219,6 +248,7 @@ class AgentLoop:
                 step.attempts += 1
                 step.chain_index, step.fallback_reason = failed.index, failed.reason
                 step.error_code, step.error_message = error.code, error.message
+                step.reservation = None  # released by the caller
                 failures = sum(
                     1
                     for e in step.attempt_log
@@ -253,12 +283,24 @@ class AgentLoop:
         countdown = max(self.retry.backoff(failures), error.retry_after_s or 0.0)
         return RetryLater(countdown, error.code)
 
+    def _note_reservation(self, step_id: str, reservation: Reservation) -> None:
+        with self.db.session() as s:
+            step = s.get(Step, step_id)
+            if step is not None:
+                step.reservation = {
+                    "id": reservation.id,
+                    "day": reservation.day,
+                    "tenant": reservation.tenant,
+                    "amount": reservation.amount_nanos,
+                }
+
     def _hand_back(self, step_id: str, index: int, reason: str | None) -> None:
         with self.db.session() as s:
             step = s.get(Step, step_id, with_for_update=True)
             if step is not None and step.status == "running":
                 step.status, step.lease_until = "pending", None
                 step.chain_index, step.fallback_reason = index, reason
+                step.reservation = None  # released by the caller
 
     def _headers(
         self, step_id: str, turn: int, model: str, meta: dict[str, object]
@@ -278,16 +320,49 @@ class AgentLoop:
         return headers
 
     def _record_llm(self, step_id: str, served: Served, cost: int) -> Outcome:
+        outcome = self._record_llm_outcome(step_id, served, cost)
+        reservation = served.reservation
+        if reservation is not None and self.keeper is not None:
+            # After the ledger row committed: if we crash before this, the reaper
+            # settles the reservation from the ledger.
+            self.keeper.settle(reservation.id, day=reservation.day, tenant=reservation.tenant,
+                               actual_nanos=cost)
+            if cost > reservation.amount_nanos:
+                log.warning("budget_reservation_short", step=step_id,
+                            reserved_nanos=reservation.amount_nanos, cost_nanos=cost)
+        return outcome
+
+    def _record_llm_outcome(self, step_id: str, served: Served, cost: int) -> Outcome:
         response, model, latency_ms = served.response, served.model.id, served.latency_ms
         now = utcnow()
         finished: RunReport | None = None
         with self.db.session() as s:
             step = s.get(Step, step_id, with_for_update=True)
-            if step is None or step.status != "running":
+            run = s.get(Run, step.run_id, with_for_update=True) if step is not None else None
+            if served.reservation is not None and run is not None:
+                # Every paid call is in the ledger, even a duplicate's.
+                s.add(
+                    LedgerEntry(
+                        step_id=step_id,
+                        reservation_id=served.reservation.id,
+                        run_id=run.id,
+                        tenant=run.tenant,
+                        day=served.reservation.day,
+                        model=model,
+                        provider=served.model.provider,
+                        input_tokens=response.usage.input_tokens,
+                        output_tokens=response.usage.output_tokens,
+                        cache_write_tokens=response.usage.cache_write_tokens,
+                        cache_read_tokens=response.usage.cache_read_tokens,
+                        cost_nanos=cost,
+                        cached=served.cached,
+                        price_version=self.price_version(),
+                        created_at=now,
+                    )
+                )
+            if step is None or run is None or step.status != "running":
                 # Another delivery took the step over after our lease ran out.
                 return Outcome("duplicate")
-            run = s.get(Run, step.run_id, with_for_update=True)
-            assert run is not None
             step.attempts += 1
             step.attempt_log = [
                 *step.attempt_log,

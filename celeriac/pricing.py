@@ -46,3 +46,8 @@ def nanos_to_usd(nanos: int) -> float:
 
 def usd_to_nanos(usd: float) -> int:
     return int((Decimal(str(usd)) * NANOS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def worst_case_nanos(price: Price, input_tokens: int, max_tokens: int) -> int:
+    """What a call can cost at most: its input, and every output token it may produce."""
+    return cost_nanos(price, Usage(input_tokens=input_tokens, output_tokens=max_tokens))

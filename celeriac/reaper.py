@@ -14,6 +14,8 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import delete, select
 
+from celeriac.budget.keeper import BudgetKeeper
+from celeriac.budget.ledger import ledger_cost
 from celeriac.clock import utcnow
 from celeriac.loop import Dispatch
 from celeriac.priority import priority_from_level
@@ -65,3 +67,19 @@ def cleanup(db: Database, *, retention_days: int) -> int:
     if old:
         log.info("retention_cleanup", deleted_runs=len(old), retention_days=retention_days)
     return len(old)
+
+
+def settle_expired_reservations(db: Database, keeper: BudgetKeeper) -> int:
+    """Reservations whose step crashed: settle to what the ledger recorded, else 0."""
+    settled = 0
+    for reservation_id in keeper.expired_reservations():
+        where = keeper.reservation(reservation_id)
+        if where is None:
+            continue
+        day, tenant = where
+        actual = ledger_cost(db, reservation_id) or 0
+        if keeper.settle(reservation_id, day=day, tenant=tenant, actual_nanos=actual):
+            settled += 1
+            log.warning("budget_reservation_expired", reservation=reservation_id,
+                        actual_nanos=actual)
+    return settled

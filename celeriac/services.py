@@ -11,6 +11,9 @@ from functools import cached_property
 
 from redis import Redis
 
+from celeriac.budget.config import Budgets, load_budgets
+from celeriac.budget.keeper import BudgetKeeper
+from celeriac.budget.ledger import day_spend
 from celeriac.cache import ResponseCache
 from celeriac.calling import Caller
 from celeriac.catalog import Catalog, CatalogSource
@@ -96,6 +99,14 @@ class Services:
         )
 
     @cached_property
+    def budgets(self) -> Budgets:
+        return load_budgets(self.settings.config_dir / "budgets.toml", self.settings.budgets)
+
+    @cached_property
+    def keeper(self) -> BudgetKeeper:
+        return BudgetKeeper(self.redis, self.budgets, lambda day: day_spend(self.db, day))
+
+    @cached_property
     def loop(self) -> AgentLoop:
         retries = self.limits.retries
         return AgentLoop(
@@ -108,6 +119,9 @@ class Services:
                 backoff_base_s=retries.backoff_base_s,
                 backoff_cap_s=retries.backoff_cap_s,
             ),
+            keeper=self.keeper,
+            budgets=self.budgets,
+            price_version=lambda: self.catalog().price_version,
             observer=self.metrics,
             lease_s=self.settings.provider_timeout_s * 2 + 30,
             forward_simulator_headers=self.settings.simulated,

@@ -52,13 +52,14 @@ class Settings(BaseSettings):
     provider_timeout_s: float = 60.0
     # JSON merged over config/limits.toml, e.g. {"gpt-4o-mini": {"rpm": 600}}.
     limits: str | None = None
+    # JSON merged over config/budgets.toml, e.g. {"daily_usd": 1.0}.
+    budgets: str | None = None
 
     # Behaviour.
     config_dir: Path = CONFIG_DIR
     dev_mode: bool = True
     max_body_bytes: int = 1_000_000
     max_input_chars: int = 100_000
-    max_task_budget_usd: float = 5.0
     retention_days: int = 30
     worker_pool: str = "threads"
     worker_concurrency: int = 16

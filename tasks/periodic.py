@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celeriac.reaper import cleanup as cleanup_runs
 from celeriac.reaper import reap as reap_steps
+from celeriac.reaper import settle_expired_reservations
 from config.celery import CLEANUP, REAP
 from tasks.dispatch import send_steps
 from tasks.worker import app, services, settings
@@ -13,6 +14,7 @@ from tasks.worker import app, services, settings
 def reap() -> int:
     dispatch = reap_steps(services().db)
     send_steps(app, dispatch)
+    settle_expired_reservations(services().db, services().keeper)
     return len(dispatch)
 
 

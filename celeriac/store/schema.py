@@ -89,6 +89,9 @@ class Step(Base):
     chain_index: Mapped[int] = mapped_column(default=0)
     fallback_reason: Mapped[str | None] = mapped_column(String(32), default=None)
     cached: Mapped[bool] = mapped_column(default=False)
+    # The budget reservation held by the call in flight ({id, day, tenant, amount}):
+    # if Redis loses its data, budget counters are rebuilt with these still held.
+    reservation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     attempts: Mapped[int] = mapped_column(default=0)
     attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
     deliveries: Mapped[int] = mapped_column(default=0)
@@ -104,3 +107,31 @@ class Step(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     run: Mapped[Run] = relationship(back_populates="steps")
+
+
+class LedgerEntry(Base):
+    """One settled cost: the record budgets are rebuilt from and usage is read from."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        Index("ix_ledger_day_tenant", "day", "tenant"),
+        Index("ix_ledger_day_model", "day", "model"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    step_id: Mapped[str] = mapped_column(String(64), index=True)
+    # One row per paid call: a step that was (rarely) executed twice was paid twice.
+    reservation_id: Mapped[str] = mapped_column(String(160), unique=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    day: Mapped[str] = mapped_column(String(10))  # in the budget time zone
+    model: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(32))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(default=0)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    cached: Mapped[bool] = mapped_column(default=False)
+    price_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
