@@ -12,7 +12,7 @@ import structlog
 from flask import Flask, g, request
 from flask.wrappers import Response
 
-from app import api, events, health, openapi, providers, web
+from app import api, dashboard, events, health, openapi, providers, web
 from app.context import WebContext
 from app.errors import register_error_handlers
 from app.queueing import StepQueue
@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     flask_app.extensions["celeriac"] = WebContext(services=services, queue=StepQueue(settings))
     register_error_handlers(flask_app)
-    for blueprint in (api.bp, events.bp, health.bp, openapi.bp, providers.bp, web.bp):
+    for blueprint in (api.bp, dashboard.bp, events.bp, health.bp, openapi.bp, providers.bp,
+                      web.bp):
         flask_app.register_blueprint(blueprint)
 
     @flask_app.before_request

@@ -15,8 +15,9 @@ from app.errors import validation_error
 from app.schemas import RunRequest
 from celeriac.budget.ledger import usage_report
 from celeriac.clock import utcnow
+from celeriac.dashboard import budget_summary
 from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
-from celeriac.pricing import nanos_to_usd, usd_to_nanos
+from celeriac.pricing import usd_to_nanos
 from celeriac.submission import Submission, submit
 from celeriac.views import list_runs, load_run_document
 
@@ -170,25 +171,8 @@ def usage() -> ResponseReturnValue:
         raise InvalidRequest("since must not be after until", field="since")
     report = usage_report(services.db, since=since.isoformat(), until=until.isoformat(),
                           tenant=TENANT)
-    day = today.isoformat()
-    tenant_state = services.keeper.day_state(day, TENANT)
-    global_state = services.keeper.day_state(day)
-    report["budgets"] = {
-        "day": day,
-        "timezone": budgets.timezone,
-        "resets_at": budgets.next_reset(utcnow()).isoformat(),
-        "tenant": _budget_view(budgets.tenant_cap(TENANT), tenant_state),
-        "global": _budget_view(budgets.daily_usd, global_state),
-        "max_task_usd": budgets.max_task_usd,
-    }
+    report["budgets"] = budget_summary(services.keeper, budgets, TENANT, utcnow())
     return jsonify(report)
-
-
-def _budget_view(cap_usd: float, state: dict[str, int]) -> dict[str, float | None]:
-    spent, reserved = nanos_to_usd(state["spent"]), nanos_to_usd(state["reserved"])
-    remaining = None if cap_usd <= 0 else max(0.0, cap_usd - spent - reserved)
-    return {"cap_usd": cap_usd or None, "spent_usd": spent, "reserved_usd": reserved,
-            "remaining_usd": remaining}
 
 
 def _date_arg(name: str, default: date) -> date:

@@ -12,9 +12,10 @@ import time
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY
-from redis import Redis
 
+from celeriac.gauges import live_gauges
 from celeriac.metrics import RedisCollector
+from celeriac.services import Services
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -26,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    REGISTRY.register(RedisCollector(redis))
+    services = Services(settings)
+    REGISTRY.register(RedisCollector(services.redis, lambda: live_gauges(services)))
     start_http_server(args.port, addr=args.host)
     print(f"exporter serving http://{args.host}:{args.port}/metrics", flush=True)
     while True:

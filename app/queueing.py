@@ -3,8 +3,11 @@ cancellation. It never imports ``tasks``: the two sides share only names."""
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 
+from celeriac.queues import SENT_AT_HEADER
 from config.celery import LLM_STEP, celery_config, native_priorities
 from config.settings import Settings
 
@@ -23,6 +26,7 @@ class StepQueue:
             queue=queue,
             routing_key=queue,
             priority=level if self.native_priorities else None,
+            headers={SENT_AT_HEADER: time.time()},
         )
 
     def revoke(self, step_ids: list[str]) -> None:

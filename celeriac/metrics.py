@@ -10,13 +10,12 @@ or tenant id.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -75,13 +74,22 @@ RATE_LIMIT_WAITS = Family(
 )
 CACHE_HITS = Family("agent_cache_hits_total", "LLM steps served from the response cache",
                     ("model",))
+DUPLICATES = Family(
+    "agent_duplicate_deliveries_total",
+    "Step messages delivered again after their step ran or while it ran (not re-executed)",
+    ("kind", "outcome"),
+)
+AUTOSCALER = Family(
+    "agent_autoscaler_decisions_total", "Autoscaler decisions", ("action", "reason_kind")
+)
 COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS, RETRIES, FALLBACKS,
-            RATE_LIMIT_WAITS, CACHE_HITS)
+            RATE_LIMIT_WAITS, CACHE_HITS, DUPLICATES, AUTOSCALER)
 _EVENTS: dict[str, tuple[Family, tuple[str, ...], dict[str, str]]] = {
     # event -> (family, label names taken from the event, fixed labels)
     "rate_limit_wait": (RATE_LIMIT_WAITS, ("model",), {"kind": "in_place"}),
     "rate_limit_requeue": (RATE_LIMIT_WAITS, ("model",), {"kind": "requeued"}),
     "fallback": (FALLBACKS, ("from_model", "reason"), {}),
+    "duplicate_delivery": (DUPLICATES, ("kind", "outcome"), {}),
 }
 HISTOGRAMS = (LATENCY, STEPS, COST, PROVIDER_LATENCY)
 
@@ -146,11 +154,12 @@ class RedisMetrics:
 
 
 class RedisCollector:
-    """A prometheus_client collector that reads what RedisMetrics wrote."""
+    """A prometheus_client collector that reads what RedisMetrics wrote, plus live
+    gauges (queue depth, circuits, budgets ...) from a callable, read at scrape time."""
 
-    def __init__(self, redis: Redis, gauges: Any = None):
+    def __init__(self, redis: Redis, gauges: Callable[[], Iterable[Metric]] | None = None):
         self.redis = redis
-        self.gauges = gauges  # callable -> {name: (help, value)} for live gauges
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
         for family in COUNTERS:
@@ -164,8 +173,7 @@ class RedisCollector:
         for family in HISTOGRAMS:
             yield self._histogram(family)
         if self.gauges is not None:
-            for name, (help_text, value) in self.gauges().items():
-                yield GaugeMetricFamily(name, help_text, value=value)
+            yield from self.gauges()
 
     def _histogram(self, family: Family) -> Metric:
         raw = self.redis.hgetall(keys.metric_histogram(family.name))

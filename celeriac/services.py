@@ -49,6 +49,16 @@ class Services:
         )
 
     @cached_property
+    def broker_redis(self) -> Redis | None:
+        """The broker as a Redis client, for queue depth; None on RabbitMQ."""
+        url = self.settings.effective_broker_url
+        if url == self.settings.redis_url:
+            return self.redis
+        if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+            return Redis.from_url(url, decode_responses=True)
+        return None
+
+    @cached_property
     def catalog_source(self) -> CatalogSource:
         return CatalogSource(self.settings.config_dir)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from celery import Celery
 
 from celeriac.loop import Dispatch
+from celeriac.queues import SENT_AT_HEADER
 from config.celery import LLM_STEP, TOOL_STEP, native_priorities
 
 
@@ -20,4 +22,5 @@ def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
             queue=step.queue,
             routing_key=step.queue,
             priority=step.level if native else None,
+            headers={SENT_AT_HEADER: time.time()},
         )

@@ -60,6 +60,9 @@ class StepTask(Task):  # type: ignore[misc]
                 return "failed"
             log.warning("step_error_retrying", step=step_id, error=repr(exc))
             raise self.retry(countdown=min(60, 2 ** min(failures, 6))) from None
+        if outcome.note in ("duplicate", "busy"):
+            kind = "llm" if self.name == LLM_STEP else "tool"
+            services().metrics.count("duplicate_delivery", {"kind": kind, "outcome": outcome.note})
         if outcome.dispatch:
             send_steps(app, outcome.dispatch)
         return outcome.note

@@ -46,6 +46,11 @@ OTHER_ENV = {
     "FLOWER_BASIC_AUTH",  # Flower reads FLOWER_* options itself
     "REDIS_ADDRESS",  # host:port for the KEDA redis scaler
     "REDIS_PASSWORD",  # password for the KEDA redis scaler
+    # Read by Flower's config file, config/flowerconfig.py.
+    *re.findall(
+        r'os\.environ\.get\("([A-Z_]+)"',
+        (Path(__file__).resolve().parents[2] / "config" / "flowerconfig.py").read_text(),
+    ),
 }
 LISTEN_ALL = "0.0.0.0"
 
@@ -654,7 +659,7 @@ def test_prometheus_scrapes_exporter_and_flower() -> None:
     exporter_port = parse_command(services["exporter"]["command"]).options["--port"]
     assert exporter_port == "9808"
     assert targets.get(f"exporter:{exporter_port}") == "/metrics"
-    flower_port = parse_command(services["flower"]["command"]).options["--port"]
+    flower_port = parse_command(services["flower"]["command"]).options.get("--port", "5555")
     assert targets.get(f"flower:{flower_port}") == "/metrics"
     for target in targets:
         assert target.split(":")[0] in services, f"{target}: no such Compose service"
