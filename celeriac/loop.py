@@ -28,6 +28,7 @@ from celeriac.catalog import AgentVersion, Catalog, ModelSpec
 from celeriac.clock import aware, utcnow
 from celeriac.conversation import conversation
 from celeriac.errors import CeleriacError, TransientProviderError
+from celeriac.lease import LeaseKeeper
 from celeriac.messages import Message, text_of, tool_uses
 from celeriac.observer import NullObserver, Observer, RunReport, StepReport
 from celeriac.pricing import cost_nanos, price_of, usd_to_nanos
@@ -87,7 +88,8 @@ class AgentLoop:
         budgets: Budgets | None = None,
         price_version: Callable[[], str] = lambda: "",
         observer: Observer | None = None,
-        lease_s: float = 300.0,
+        lease_s: float = 30.0,
+        max_recoveries: int = 5,
         forward_simulator_headers: bool = False,
     ):
         self.db = db
@@ -100,16 +102,26 @@ class AgentLoop:
         self.toolbox = toolbox
         self.observer = observer or NullObserver()
         self.lease = timedelta(seconds=lease_s)
+        self.leases = LeaseKeeper(db, self.lease)
+        self.max_recoveries = max_recoveries
         self.forward_simulator_headers = forward_simulator_headers
 
     # -- claim -------------------------------------------------------------------
 
     def _claim(self, step_id: str) -> tuple[_Claim | None, Outcome]:
+        claim, outcome, dead = self._claim_in_transaction(step_id)
+        if dead is not None:
+            self._announce(dead)
+        return claim, outcome
+
+    def _claim_in_transaction(
+        self, step_id: str
+    ) -> tuple[_Claim | None, Outcome, RunReport | None]:
         now = utcnow()
         with self.db.session() as s:
             step = s.get(Step, step_id, with_for_update=True)
             if step is None:
-                return None, Outcome("missing")
+                return None, Outcome("missing"), None
             run = s.get(Run, step.run_id, with_for_update=True)
             assert run is not None
             step.deliveries += 1
@@ -117,15 +129,28 @@ class AgentLoop:
                 # Redelivered after the outcome was recorded: only make sure the
                 # successors were dispatched (a crash may have come in between).
                 # Sending a pending successor twice is harmless: its claim is atomic.
-                return None, Outcome("duplicate", _successors(s, step))
+                return None, Outcome("duplicate", _successors(s, step)), None
             if step.status in ("failed", "skipped", "cancelled"):
-                return None, Outcome("skipped")
+                return None, Outcome("skipped"), None
             if run.terminal:
                 step.status = "cancelled" if run.status == "cancelled" else "skipped"
                 step.finished_at = now
-                return None, Outcome("skipped")
+                return None, Outcome("skipped"), None
             if step.status == "running" and step.lease_until and aware(step.lease_until) > now:
-                return None, Outcome("busy")
+                return None, Outcome("busy"), None
+            if step.status == "running":
+                # Its worker died mid-step (the lease ran out): count it, and stop
+                # a poison step from looping forever.
+                step.recoveries += 1
+                if step.recoveries > self.max_recoveries:
+                    error = (
+                        "dead_letter",
+                        f"step {step.id} was interrupted {step.recoveries} times "
+                        f"(its worker died or hung each time); giving up",
+                    )
+                    step.status, step.finished_at = "failed", now
+                    step.error_code, step.error_message = error
+                    return None, Outcome("dead_letter"), _finish(run, now, "failed", error=error)
             step.status = "running"
             step.started_at = step.started_at or now
             step.lease_until = now + self.lease
@@ -149,7 +174,7 @@ class AgentLoop:
                 spent_nanos=run.cost_nanos,
                 attempts=len(step.attempt_log or []),
             )
-            return claim, Outcome("executed")
+            return claim, Outcome("executed"), None
 
     # -- LLM steps -----------------------------------------------------------------
 
@@ -186,14 +211,15 @@ class AgentLoop:
                 on_reserved=lambda r: self._note_reservation(step_id, r),
             )
         try:
-            served = self.caller.call(
-                chain,
-                min(claim.chain_index, len(chain) - 1),
-                build,
-                cache_ttl_s=version.cache_ttl_s,
-                reason=claim.fallback_reason,
-                gate=gate,
-            )
+            with self.leases.held(step_id):
+                served = self.caller.call(
+                    chain,
+                    min(claim.chain_index, len(chain) - 1),
+                    build,
+                    cache_ttl_s=version.cache_ttl_s,
+                    reason=claim.fallback_reason,
+                    gate=gate,
+                )
         except Throttled as throttled:
             self._hand_back(step_id, throttled.index, throttled.reason)
             self.observer.count("rate_limit_requeue", {"model": chain[throttled.index].id})
@@ -447,7 +473,8 @@ class AgentLoop:
         arguments = dict(claim.tool_call_args or {})
         log.info("tool_call", run_id=claim.run_id, step=step_id, tool=claim.name)
         started = time.perf_counter()
-        result = self.toolbox.execute(version, claim.name, arguments)
+        with self.leases.held(step_id):
+            result = self.toolbox.execute(version, claim.name, arguments)
         latency = (time.perf_counter() - started) * 1000
         log.info(
             "tool_result",

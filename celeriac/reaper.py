@@ -1,7 +1,7 @@
 """Housekeeping that keeps accepted work moving and the store bounded.
 
-- Steps whose lease ran out (their worker died mid-step) go back to pending and are
-  dispatched again; the broker's visibility timeout is only a backstop.
+- Steps whose lease ran out (their worker died mid-step) are dispatched again; the
+  broker's visibility timeout is only a backstop.
 - Pending steps that never started for a long while are dispatched again (their
   message may have been lost); the claim makes a duplicate harmless.
 - Finished runs older than the retention period are deleted.
@@ -28,7 +28,7 @@ log = structlog.get_logger("celeriac.reaper")
 def reap(db: Database, *, stale_pending_s: float = 600.0, limit: int = 500) -> list[Dispatch]:
     now = utcnow()
     dispatch: list[Dispatch] = []
-    with db.session() as s:
+    with db.reader() as s:
         rows = s.execute(
             select(Step, Run)
             .join(Run, Run.id == Step.run_id)
@@ -44,8 +44,9 @@ def reap(db: Database, *, stale_pending_s: float = 600.0, limit: int = 500) -> l
         ).all()
         for step, run in rows:
             if step.status == "running":
+                # Left running: the claim that takes it over counts the recovery and
+                # dead-letters a step that keeps killing its workers.
                 log.warning("step_lease_expired", run_id=run.id, step=step.id)
-                step.status, step.lease_until = "pending", None
             priority = priority_from_level(run.priority_level)
             dispatch.append(Dispatch(step.id, step.kind, priority.queue, priority.level))
     return dispatch

@@ -133,6 +133,6 @@ class Services:
             budgets=self.budgets,
             price_version=lambda: self.catalog().price_version,
             observer=self.metrics,
-            lease_s=self.settings.provider_timeout_s * 2 + 30,
+            lease_s=self.settings.step_lease_s,
             forward_simulator_headers=self.settings.simulated,
         )

@@ -63,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
-            "reap-stale-steps": {"task": REAP, "schedule": 30.0, "options": {"queue": "high"}},
+            "reap-stale-steps": {"task": REAP, "schedule": 10.0, "options": {"queue": "high"}},
             "cleanup-old-runs": {"task": CLEANUP, "schedule": 3600.0, "options": {"queue": "low"}},
         },
     }

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     simulate: bool | None = None
     simulator_url: str = "http://127.0.0.1:8765"
     provider_timeout_s: float = 60.0
+    # A running step's lease; a heartbeat renews it while its worker lives, so a
+    # dead worker's step is taken back within about a lease plus a reaper period.
+    step_lease_s: float = 20.0
     # JSON merged over config/limits.toml, e.g. {"gpt-4o-mini": {"rpm": 600}}.
     limits: str | None = None
     # JSON merged over config/budgets.toml, e.g. {"daily_usd": 1.0}.

@@ -95,6 +95,8 @@ class Step(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
     deliveries: Mapped[int] = mapped_column(default=0)
+    # Times the step was taken back from a worker that died or hung mid-step.
+    recoveries: Mapped[int] = mapped_column(default=0)
     latency_ms: Mapped[float | None] = mapped_column(default=None)
     input_tokens: Mapped[int] = mapped_column(default=0)
     output_tokens: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,114 @@
+"""Workers die mid-step; nothing accepted is lost. Leases with a heartbeat and the
+reaper (a real beat process) hand interrupted steps to a live worker within
+seconds, not after Celery's one-hour visibility timeout; a step that keeps dying is
+dead-lettered with a clear error instead of looping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from app import create_app
+from celeriac.clock import utcnow
+from celeriac.store import Step
+from config.celery import LLM_STEP
+from tests.conftest import settings_from, stack_env
+from tests.support.runs import status, submit, wait_terminal
+from tests.support.services import PROJECT_DIR, RedisServer, start_worker, worker_env
+from tests.support.waiting import wait_for
+
+DURABILITY_DB = 7
+
+
+@pytest.fixture
+def crashy(redis_server: RedisServer, simulator: Any, tmp_path: Path
+           ) -> Iterator[tuple[Flask, dict[str, str], Path]]:
+    redis_url = redis_server.url(DURABILITY_DB)
+    redis.Redis.from_url(redis_url).flushdb()
+    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'store.db'}", simulator.url)
+    env["CELERIAC_STEP_LEASE_S"] = "6"
+    app = create_app(settings_from(env), configure_logs=False)
+    with (tmp_path / "beat.log").open("wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat",
+             "--schedule", str(tmp_path / "beat-schedule"), "-l", "INFO"],
+            cwd=PROJECT_DIR, env=worker_env(env), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield app, env, tmp_path
+    finally:
+        beat.terminate()
+        beat.wait(20)
+        redis.Redis.from_url(redis_url).flushdb()
+        app.extensions["celeriac"].services.db.dispose()
+
+
+def _steps(app: Flask, run_ids: list[str]) -> list[Step]:
+    db = app.extensions["celeriac"].services.db
+    with db.reader() as s:
+        return list(s.query(Step).filter(Step.run_id.in_(run_ids)))
+
+
+def test_killed_worker_loses_nothing_and_steps_resume_quickly(crashy: Any) -> None:
+    app, env, tmp = crashy
+    celery = app.extensions["celeriac"].queue.celery
+    client = app.test_client()
+    first = start_worker(env, tmp, ping=celery, concurrency=8)
+    slow = {"simulator": {"latency_ms": 2500}}
+    ids = [submit(client, {"input": f"What is {i} * 7?", "metadata": slow}) for i in range(12)]
+    wait_for(lambda: sum(s.status == "running" for s in _steps(app, ids)) >= 4, timeout=30,
+             what="steps in flight")
+    interrupted = [s.id for s in _steps(app, ids) if s.status == "running"]
+    os.kill(first.process.pid, signal.SIGKILL)  # no warm shutdown, no ack
+    first.process.wait(10)
+    killed_at = time.monotonic()
+    second = start_worker(env, tmp, ping=celery, concurrency=8)
+    try:
+        docs = [wait_terminal(client, task_id, timeout=120) for task_id in ids]
+        recovered_in = time.monotonic() - killed_at
+        assert [d["status"] for d in docs] == ["completed"] * len(ids)
+        assert all(str(i * 7) in d["result"] for i, d in enumerate(docs))
+        steps = {s.id: s for s in _steps(app, ids)}
+        assert all(steps[sid].recoveries >= 1 for sid in interrupted)
+        # Each interrupted step was finished by the second worker well within 60 s.
+        assert recovered_in < 60, recovered_in
+        # Nothing finished was executed again.
+        assert all(s.attempts == 1 for s in steps.values() if s.id not in interrupted)
+    finally:
+        second.stop()
+
+
+def test_a_step_that_keeps_dying_is_dead_lettered(crashy: Any) -> None:
+    app, env, tmp = crashy
+    celery = app.extensions["celeriac"].queue.celery
+    client = app.test_client()
+    task_id = submit(client, {"input": "Hello"})
+    step_id = f"{task_id}-0-llm"
+    db = app.extensions["celeriac"].services.db
+    # As if five workers had died holding it: running, lease long gone.
+    with db.session() as s:
+        step = s.get(Step, step_id)
+        assert step is not None
+        step.status, step.recoveries = "running", 5
+        step.lease_until = utcnow() - timedelta(minutes=1)
+    worker = start_worker(env, tmp, ping=celery, concurrency=2)
+    try:
+        celery.send_task(LLM_STEP, args=[step_id], queue="default")
+        doc = wait_terminal(client, task_id, timeout=60)
+        assert doc["status"] == "failed"
+        assert doc["error"]["code"] == "dead_letter"
+        assert "interrupted 6 times" in doc["error"]["message"]
+        assert status(client, task_id)["steps"][0]["status"] == "failed"
+    finally:
+        worker.stop()
