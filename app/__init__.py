@@ -13,9 +13,11 @@ from flask import Flask, g, request
 from flask.wrappers import Response
 
 from app import api, dashboard, events, health, openapi, providers, web
+from app.auth import install_auth
 from app.context import WebContext
 from app.errors import register_error_handlers
 from app.queueing import StepQueue
+from celeriac.auth import Authenticator
 from celeriac.services import Services
 from config.logging import configure_logging
 from config.settings import Settings
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     flask_app.extensions["celeriac"] = WebContext(services=services, queue=StepQueue(settings))
     register_error_handlers(flask_app)
+    install_auth(flask_app, Authenticator(services.db))
     for blueprint in (api.bp, dashboard.bp, events.bp, health.bp, openapi.bp, providers.bp,
                       web.bp):
         flask_app.register_blueprint(blueprint)

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
+from app.auth import current_tenant
 from app.context import web
 from app.errors import validation_error
 from app.schemas import RunRequest
@@ -24,7 +25,6 @@ from celeriac.views import list_runs, load_run_document
 bp = Blueprint("api", __name__, url_prefix="/agent")
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-TENANT = "default"  # until API keys map requests to tenants
 
 
 def json_body() -> dict[str, Any]:
@@ -60,7 +60,7 @@ def run() -> ResponseReturnValue:
             f"input is longer than {services.settings.max_input_chars} characters",
             field="input",
         )
-    refuse_when_daily_budget_spent(TENANT)
+    refuse_when_daily_budget_spent(current_tenant())
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
@@ -76,7 +76,7 @@ def run() -> ResponseReturnValue:
             budget_usd=float(req.budget_usd) if req.budget_usd is not None else None,
             webhook_url=req.webhook_url,
             metadata=req.metadata,
-            tenant=TENANT,
+            tenant=current_tenant(),
             idempotency_key=key,
         ),
         max_budget_usd=services.budgets.max_task_usd,
@@ -106,16 +106,16 @@ def run() -> ResponseReturnValue:
 
 @bp.get("/status/<task_id>")
 def status(task_id: str) -> ResponseReturnValue:
-    return jsonify(load_run_document(web().services.db, task_id, tenant=TENANT))
+    return jsonify(load_run_document(web().services.db, task_id, tenant=current_tenant()))
 
 
 @bp.post("/cancel/<task_id>")
 def cancel(task_id: str) -> ResponseReturnValue:
     services = web().services
-    load_run_document(services.db, task_id, tenant=TENANT)  # 404 for unknown ids
+    load_run_document(services.db, task_id, tenant=current_tenant())  # 404 for unknown ids
     open_steps = services.loop.cancel(task_id)
     web().queue.revoke(open_steps)
-    return jsonify(load_run_document(services.db, task_id, tenant=TENANT))
+    return jsonify(load_run_document(services.db, task_id, tenant=current_tenant()))
 
 
 @bp.get("/tasks")
@@ -126,7 +126,7 @@ def tasks() -> ResponseReturnValue:
     limit = _int_arg("limit", 20, 1, 100)
     offset = _int_arg("offset", 0, 0, 10**9)
     items, total = list_runs(
-        web().services.db, tenant=TENANT, status=status_filter, limit=limit, offset=offset
+        web().services.db, tenant=current_tenant(), status=status_filter, limit=limit, offset=offset
     )
     return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
 
@@ -170,8 +170,8 @@ def usage() -> ResponseReturnValue:
     if since > until:
         raise InvalidRequest("since must not be after until", field="since")
     report = usage_report(services.db, since=since.isoformat(), until=until.isoformat(),
-                          tenant=TENANT)
-    report["budgets"] = budget_summary(services.keeper, budgets, TENANT, utcnow())
+                          tenant=current_tenant())
+    report["budgets"] = budget_summary(services.keeper, budgets, current_tenant(), utcnow())
     return jsonify(report)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, send_from_directory
 from flask.typing import ResponseReturnValue
 
-from app.api import TENANT
+from app.auth import current_tenant
 from app.context import web
 from celeriac.dashboard import dashboard_data
 
@@ -29,6 +29,6 @@ def data() -> ResponseReturnValue:
             limiter=services.limiter,
             keeper=services.keeper,
             budgets=services.budgets,
-            tenant=TENANT,
+            tenant=current_tenant(),
         )
     )

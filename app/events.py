@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 
-from app.api import TENANT
+from app.auth import current_tenant
 from app.context import web
 from celeriac.views import load_run_document, run_version
 
@@ -28,7 +28,7 @@ MAX_STREAM_S = 600.0  # the client reconnects with Last-Event-ID after this
 @bp.get("/events/<task_id>")
 def events(task_id: str) -> ResponseReturnValue:
     db = web().services.db
-    load_run_document(db, task_id, tenant=TENANT)  # 404 before the stream starts
+    load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream starts
     raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
     last_seen = int(raw_last) if raw_last.isdigit() else 0
 

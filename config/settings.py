@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # Behaviour.
     config_dir: Path = CONFIG_DIR
     dev_mode: bool = True
+    # Per API key: sustained requests per minute and burst, answered 429 past them.
+    api_rate_per_minute: int = 1200
+    api_burst: int = 100
+    # Outside dev mode the exporter requires this bearer token on /metrics.
+    metrics_token: SecretStr | None = None
     max_body_bytes: int = 1_000_000
     max_input_chars: int = 100_000
     retention_days: int = 30

@@ -127,6 +127,16 @@ class RateLimiter:
         )
         return Grant(bool(granted), max(0.0, int(wait_us) / _US))
 
+    def acquire_rate(self, name: str, *, per_minute: int, burst: int,
+                     max_wait_s: float = 0.0) -> Grant:
+        """A plain request-rate bucket (e.g. per API key), same script, no pauses."""
+        interval = 60 * _US / max(1, per_minute)
+        granted, wait_us = self._acquire(
+            keys=[keys.provider_pause(f"none:{name}"), keys.rate_bucket(name, "rpm")],
+            args=[int(max_wait_s * _US), interval, int(burst * interval), 1],
+        )
+        return Grant(bool(granted), max(0.0, int(wait_us) / _US))
+
     def settle_tokens(self, model: str, estimated: int, actual: int) -> None:
         """Give back (or take) the difference between the estimate and the usage."""
         limit = self.limits.for_model(model)
