@@ -40,9 +40,11 @@ def step_document(step: Step) -> dict[str, Any]:
         "fallback_reason": step.fallback_reason,
         "cached": step.cached,
         "attempt_log": step.attempt_log,
+        # A tool that failed still completes its step (the model sees the error);
+        # an LLM step's error is shown only while it has not (yet) succeeded.
         "error": (
             {"code": step.error_code, "message": step.error_message}
-            if step.error_code and step.status != "completed"
+            if step.error_code and (step.status != "completed" or step.kind == "tool")
             else None
         ),
     }

@@ -28,6 +28,8 @@ from celeriac.simulator.conversation import Conversation, ToolCall, ToolResult
 Stop = Literal["end_turn", "tool_use", "max_tokens"]
 
 LOOP_MARKER = "[loop]"
+# "[tool:NAME {json arguments}]" asks for one call to any offered tool (MCP tools too).
+_TOOL_DIRECTIVE = re.compile(r"\[tool:([A-Za-z0-9_\-]+)\s*(\{.*?\})?\]")
 # Whole words, so "the timeout" is not a question about the time.
 _TIME_QUESTION = re.compile(
     r"\b(what time|the time|current time|today['\u2019]?s date|what date|what day)\b"
@@ -82,6 +84,13 @@ def _decide(conv: Conversation) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     if results:
         calls = {call.id: call for turn in later for call in turn.tool_calls}
         return _summarise(results, calls), []
+    directive = _TOOL_DIRECTIVE.search(text)
+    if directive and conv.offers(directive.group(1)):
+        try:
+            arguments = json.loads(directive.group(2) or "{}")
+        except json.JSONDecodeError:
+            arguments = {}
+        return "", [(directive.group(1), arguments if isinstance(arguments, dict) else {})]
     expressions = find_expressions(text)
     if expressions:
         if conv.offers("calculator"):
