@@ -306,7 +306,7 @@ def test_search_docs_finds_the_right_document(
 
 
 def test_search_docs_shows_titles_and_respects_the_limit(registry: ToolRegistry) -> None:
-    result = registry.execute("search_docs", {"query": "budget", "limit": 2})
+    result = registry.execute("search_docs", {"query": "budgets cost", "limit": 2})
     headers = [line for line in result.content.splitlines() if line.startswith("[")]
     assert len(headers) == 2
     assert headers[0].startswith("[1] Budgets and cost")
