@@ -18,7 +18,9 @@ from app.context import WebContext
 from app.errors import register_error_handlers
 from app.queueing import StepQueue
 from celeriac.auth import Authenticator
+from celeriac.observer import RunReport
 from celeriac.services import Services
+from celeriac.webhooks.trigger import webhook_event
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -36,7 +38,15 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
     services = Services(settings)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
-    flask_app.extensions["celeriac"] = WebContext(services=services, queue=StepQueue(settings))
+    queue = StepQueue(settings)
+    flask_app.extensions["celeriac"] = WebContext(services=services, queue=queue)
+
+    def _webhook_on_cancel(report: RunReport) -> None:
+        delivery_id = webhook_event(services.db, report)
+        if delivery_id is not None:
+            queue.send_webhook(delivery_id)
+
+    services.loop.on_webhook = _webhook_on_cancel
     register_error_handlers(flask_app)
     install_auth(flask_app, Authenticator(services.db))
     for blueprint in (api.bp, dashboard.bp, events.bp, health.bp, openapi.bp, providers.bp,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import date, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
 from celeriac.pricing import usd_to_nanos
 from celeriac.submission import Submission, submit
 from celeriac.views import list_runs, load_run_document
+from celeriac.webhooks import UnresolvableHost, check_url
 
 bp = Blueprint("api", __name__, url_prefix="/agent")
 
@@ -61,6 +63,8 @@ def run() -> ResponseReturnValue:
             field="input",
         )
     refuse_when_daily_budget_spent(current_tenant())
+    if req.webhook_url is not None:
+        check_webhook_url(req.webhook_url)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
@@ -183,6 +187,20 @@ def _date_arg(name: str, default: date) -> date:
         return date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be a date, YYYY-MM-DD", field=name) from None
+
+
+def check_webhook_url(url: str) -> None:
+    """Refuse, before accepting the task, a webhook we would never send: no signing
+    secret configured, or a URL that resolves to a private address."""
+    services = web().services
+    if services.settings.webhook_secret is None:
+        raise InvalidRequest(
+            "webhooks are not configured on this server (CELERIAC_WEBHOOK_SECRET)",
+            field="webhook_url",
+        )
+    # An unresolvable host may resolve later; delivery checks again, every time.
+    with contextlib.suppress(UnresolvableHost):
+        check_url(url, services.webhook_policy)
 
 
 def refuse_when_daily_budget_spent(tenant: str) -> None:

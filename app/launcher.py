@@ -12,7 +12,9 @@ web app is ready, and on Ctrl-C stops every process it started.
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -82,6 +84,7 @@ def _banner(env: dict[str, str], simulated: bool) -> str:
         "  providers     "
         + ("simulated (no API key set)" if simulated else "real (API keys set)"),
         "  open on localhost only (dev mode); Ctrl-C stops everything",
+        "  webhooks      signed with the secret in var/webhook-secret; localhost allowed",
         "",
         "Try:",
         f"  curl -s -X POST {web}/agent/run -H 'Content-Type: application/json' "
@@ -105,6 +108,14 @@ def _announce_when_ready(env: dict[str, str], simulated: bool, stop: threading.E
         stop.wait(0.5)
 
 
+def _dev_webhook_secret(var_dir: Path) -> str:
+    path = var_dir / "webhook-secret"
+    if not path.exists():
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main() -> int:
     env = dict(os.environ)
     var_dir = Path(env.setdefault("CELERIAC_VAR_DIR", str(VAR_DIR)))
@@ -119,6 +130,10 @@ def main() -> int:
         env.setdefault("CELERIAC_SIMULATOR_URL", f"http://127.0.0.1:{port}")
         processes.append("simulator")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("CELERIAC_WEBHOOK_SECRET"):
+        # Dev mode: a signing secret kept under var/, and webhooks to localhost allowed.
+        env["CELERIAC_WEBHOOK_SECRET"] = _dev_webhook_secret(var_dir)
+        env.setdefault("CELERIAC_WEBHOOK_ALLOW_LOOPBACK", "1")
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     stop = threading.Event()

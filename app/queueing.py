@@ -8,7 +8,7 @@ import time
 from celery import Celery
 
 from celeriac.queues import SENT_AT_HEADER
-from config.celery import LLM_STEP, celery_config, native_priorities
+from config.celery import LLM_STEP, WEBHOOK, celery_config, native_priorities
 from config.settings import Settings
 
 
@@ -28,6 +28,9 @@ class StepQueue:
             priority=level if self.native_priorities else None,
             headers={SENT_AT_HEADER: time.time()},
         )
+
+    def send_webhook(self, delivery_id: str) -> None:
+        self.celery.send_task(WEBHOOK, args=[delivery_id], queue="default")
 
     def revoke(self, step_ids: list[str]) -> None:
         if step_ids:

@@ -104,6 +104,8 @@ class AgentLoop:
         self.lease = timedelta(seconds=lease_s)
         self.leases = LeaseKeeper(db, self.lease)
         self.max_recoveries = max_recoveries
+        # Set by each entry point: records the webhook event and enqueues delivery.
+        self.on_webhook: Callable[[RunReport], None] | None = None
         self.forward_simulator_headers = forward_simulator_headers
 
     # -- claim -------------------------------------------------------------------
@@ -573,6 +575,8 @@ class AgentLoop:
             error_code=report.error_code,
         )
         self.observer.run_finished(report)
+        if report.webhook_url and self.on_webhook is not None:
+            self.on_webhook(report)
 
 
 def _touch(run: Run, now: object) -> None:
@@ -599,6 +603,7 @@ def _finish(run: Run, now: object, status: str, error: tuple[str, str] | None = 
         cost_nanos=run.cost_nanos,
         latency_s=latency,
         error_code=run.error_code,
+        webhook_url=run.webhook_url,
     )
 
 

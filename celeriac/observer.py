@@ -34,6 +34,7 @@ class RunReport:
     cost_nanos: int
     latency_s: float
     error_code: str | None = None
+    webhook_url: str | None = None
 
 
 class Observer(Protocol):

@@ -27,6 +27,7 @@ from celeriac.retry import RetryPolicy
 from celeriac.store import Database
 from celeriac.toolbox import Toolbox
 from celeriac.tools.builtins import builtin_registry
+from celeriac.webhooks import UrlPolicy
 from config.settings import Settings
 
 SIMULATED_KEY = "simulated"  # what the SDKs send to the simulated provider
@@ -106,6 +107,13 @@ class Services:
             breaker=self.breaker,
             cache=ResponseCache(self.redis),
             limits=self.limits,
+        )
+
+    @cached_property
+    def webhook_policy(self) -> UrlPolicy:
+        entries = [e for e in self.settings.webhook_allow.split(",") if e.strip()]
+        return UrlPolicy.from_entries(
+            entries, allow_loopback=self.settings.webhook_allow_loopback
         )
 
     @cached_property

@@ -14,6 +14,8 @@ LLM_STEP = "celeriac.llm_step"
 TOOL_STEP = "celeriac.tool_step"
 REAP = "celeriac.reap"
 CLEANUP = "celeriac.cleanup"
+WEBHOOK = "celeriac.webhook"
+WEBHOOK_SWEEP = "celeriac.webhook_sweep"
 
 
 def native_priorities(broker_url: str) -> bool:
@@ -65,5 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "reap-stale-steps": {"task": REAP, "schedule": 10.0, "options": {"queue": "high"}},
             "cleanup-old-runs": {"task": CLEANUP, "schedule": 3600.0, "options": {"queue": "low"}},
+            "sweep-webhooks": {"task": WEBHOOK_SWEEP, "schedule": 30.0,
+                               "options": {"queue": "default"}},
         },
     }

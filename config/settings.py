@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     api_burst: int = 100
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
+    # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host
+    # names a webhook may reach although private; loopback (dev only).
+    webhook_secret: SecretStr | None = None
+    webhook_allow: str = ""
+    webhook_allow_loopback: bool = False
     max_body_bytes: int = 1_000_000
     max_input_chars: int = 100_000
     retention_days: int = 30

@@ -20,7 +20,7 @@ from config.settings import Settings
 settings = Settings()
 app = Celery("celeriac")
 app.conf.update(celery_config(settings))
-app.conf.include = ["tasks.steps", "tasks.periodic"]
+app.conf.include = ["tasks.steps", "tasks.periodic", "tasks.webhooks"]
 
 _services: Services | None = None
 
@@ -29,6 +29,9 @@ def services() -> Services:
     global _services
     if _services is None:
         _services = Services(settings)
+        from tasks.webhooks import enqueue_webhook  # imports this module: wire it late
+
+        _services.loop.on_webhook = enqueue_webhook
     return _services
 
 
