@@ -169,10 +169,8 @@ def usage() -> ResponseReturnValue:
     services = web().services
     budgets = services.budgets
     today = budgets.day(utcnow())
-    since = _date_arg("since", today - timedelta(days=6))
     until = _date_arg("until", today)
-    if since > until:
-        raise InvalidRequest("since must not be after until", field="since")
+    since = _date_arg("since", until - timedelta(days=6))
     report = usage_report(services.db, since=since.isoformat(), until=until.isoformat(),
                           tenant=current_tenant())
     report["budgets"] = budget_summary(services.keeper, budgets, current_tenant(), utcnow())

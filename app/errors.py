@@ -86,7 +86,10 @@ def register_error_handlers(app: Flask) -> None:
             413: "payload_too_large",
             415: "unsupported_media_type",
         }.get(status, "bad_request" if status < 500 else "internal_error")
-        return error_response(status, code, error.description or error.name)
+        body, status_code = error_response(status, code, error.description or error.name)
+        # Keep what the exception says about itself, e.g. Allow on a 405.
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        return body, status_code, headers
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> ResponseReturnValue:

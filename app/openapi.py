@@ -99,7 +99,14 @@ def build_document() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "event: status (data: RunStatus JSON), then event: end",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": {
+                            "type": "object",
+                            "properties": {
+                                "event": {"type": "string", "enum": ["status", "end"]},
+                                "data": {"type": "string"},
+                                "id": {"type": "string"},
+                            },
+                        }}},
                     },
                     **_errors(404),
                 },
@@ -129,7 +136,7 @@ def build_document() -> dict[str, Any]:
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                     {"name": "offset", "in": "query",
-                     "schema": {"type": "integer", "minimum": 0}},
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 1000000000}},
                 ],
                 "responses": {"200": _json("TaskList", "A page of tasks"), **_errors(422)},
             }

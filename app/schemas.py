@@ -5,11 +5,41 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 PriorityName = Literal["high", "normal", "low"]
-PriorityLevel = Annotated[StrictInt, Field(ge=0, le=9)]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: 4.0 is the integer 4 (as JSON Schema says), but a
+    bool or a string is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+PriorityLevel = Annotated[int, BeforeValidator(_json_integer), Field(ge=0, le=9)]
 Status = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+# http(s), a host name of DNS labels (1-63 characters) or a bracketed IPv6 literal,
+# an optional port, then anything without spaces.
+WEBHOOK_URL = (
+    r"^https?://(\[[0-9A-Fa-f:.]+\]|([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63})"
+    r"(:[0-9]{1,5})?([/?#][^\s]*)?$"
+)
 
 
 class RunRequest(BaseModel):
@@ -24,9 +54,11 @@ class RunRequest(BaseModel):
         None, description="high, normal, low, or 0-9 where 9 is the most urgent"
     )
     budget_usd: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1000)] | None = None
-    webhook_url: Annotated[
-        StrictStr, Field(max_length=2000, pattern=r"^https?://[^\s]+$")
-    ] | None = None
+    webhook_url: Annotated[StrictStr, Field(max_length=2000, pattern=WEBHOOK_URL)] | None = Field(
+        None,
+        description="http(s) URL signed webhooks go to; private and loopback addresses "
+        "are refused unless allow-listed",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
