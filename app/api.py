@@ -170,7 +170,8 @@ def usage() -> ResponseReturnValue:
     budgets = services.budgets
     today = budgets.day(utcnow())
     until = _date_arg("until", today)
-    since = _date_arg("since", until - timedelta(days=6))
+    week_before = until - timedelta(days=6) if until > date.min + timedelta(days=6) else date.min
+    since = _date_arg("since", week_before)
     report = usage_report(services.db, since=since.isoformat(), until=until.isoformat(),
                           tenant=current_tenant())
     report["budgets"] = budget_summary(services.keeper, budgets, current_tenant(), utcnow())
