@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
+from celeriac import keys
 from celeriac.clock import utcnow
 from celeriac.dashboard import budget_summary
 from celeriac.limits.breaker import STATE_VALUES
@@ -45,6 +46,13 @@ def live_gauges(services: Services) -> Iterator[Metric]:
         paused.add_metric([model.provider, model.id], services.limiter.paused_for(model.id))
     yield circuit
     yield paused
+    workers = GaugeMetricFamily("agent_autoscaler_workers",
+                                "Worker processes the autoscaler runs, per host", labels=["host"])
+    for key in services.redis.scan_iter(keys.AUTOSCALER_WORKERS_PATTERN):
+        value = services.redis.get(key)
+        if value is not None:
+            workers.add_metric([str(key).split(":")[2]], float(value))
+    yield workers
     budgets = budget_summary(services.keeper, services.budgets, "default", utcnow())
     remaining = GaugeMetricFamily("celeriac_budget_remaining_usd",
                                   "Budget left today (capped budgets only)", labels=["budget"])

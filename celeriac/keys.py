@@ -74,3 +74,11 @@ def budget_reservation(reservation_id: str) -> str:
 
 def budget_rebuild_lock(day: str) -> str:
     return f"{PREFIX}:budget:{day}:rebuild-lock"
+
+
+# The autoscaler's live worker count per host (expires if the autoscaler dies).
+AUTOSCALER_WORKERS_PATTERN = f"{PREFIX}:autoscaler:*:workers"
+
+
+def autoscaler_workers(host: str) -> str:
+    return f"{PREFIX}:autoscaler:{host}:workers"

@@ -91,3 +91,29 @@ def test_per_key_rate_limit_answers_429_with_retry_after(api: FlaskClient) -> No
     assert int(limited.headers["Retry-After"]) >= 1
     other = create_key(_db(api), "quiet")
     assert api.get("/agent/agents", headers=_bearer(other)).status_code == 200
+
+
+def test_keys_command_line(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.services import PROJECT_DIR
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"}
+
+    def celeriac(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=PROJECT_DIR,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    made = celeriac("keys", "create", "acme")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("clk_") and len(key) > 40
+    assert celeriac("keys", "revoke", key).returncode == 0
+    again = celeriac("keys", "revoke", key)
+    assert again.returncode == 1 and "no such active key" in again.stderr
+    bad = celeriac("keys", "create", "no spaces please")
+    assert bad.returncode == 2 and "tenant" in bad.stderr
+    for args in (["keys", "--help"], ["keys", "create", "--help"], ["keys", "revoke", "--help"]):
+        assert celeriac(*args).returncode == 0
