@@ -52,6 +52,7 @@ class AgentVersion:
     system_prompt: str
     mcp_servers: tuple[dict[str, Any], ...] = ()
     cache_ttl_s: int = 0  # > 0: identical requests are served from the response cache
+    max_duration_s: int = 900  # wall-clock limit of one task, queueing included
 
     @property
     def ref(self) -> str:
@@ -189,6 +190,7 @@ def _agent_version(name: str, v: dict[str, Any]) -> AgentVersion:
         system_prompt=str(v.get("system_prompt", "")),
         mcp_servers=tuple(v.get("mcp_servers", ())),
         cache_ttl_s=int(v.get("cache_ttl_s", 0)),
+        max_duration_s=int(v.get("max_duration_s", 900)),
     )
 
 

@@ -113,7 +113,7 @@ class AgentLoop:
     def _claim(self, step_id: str) -> tuple[_Claim | None, Outcome]:
         claim, outcome, dead = self._claim_in_transaction(step_id)
         if dead is not None:
-            self._announce(dead)
+            self.announce(dead)
         return claim, outcome
 
     def _claim_in_transaction(
@@ -140,6 +140,11 @@ class AgentLoop:
                 return None, Outcome("skipped"), None
             if step.status == "running" and step.lease_until and aware(step.lease_until) > now:
                 return None, Outcome("busy"), None
+            if run.deadline_at is not None and aware(run.deadline_at) < now:
+                step.status, step.finished_at = "failed", now
+                error = deadline_error(run)
+                step.error_code, step.error_message = error
+                return None, Outcome("deadline"), finish_run(run, now, "failed", error=error)
             if step.status == "running":
                 # Its worker died mid-step (the lease ran out): count it, and stop
                 # a poison step from looping forever.
@@ -152,7 +157,7 @@ class AgentLoop:
                     )
                     step.status, step.finished_at = "failed", now
                     step.error_code, step.error_message = error
-                    return None, Outcome("dead_letter"), _finish(run, now, "failed", error=error)
+                    return None, Outcome("dead_letter"), finish_run(run, now, "failed", error=error)
             step.status = "running"
             step.started_at = step.started_at or now
             step.lease_until = now + self.lease
@@ -424,7 +429,7 @@ class AgentLoop:
             if run.terminal:
                 pass  # cancelled while the call was in flight: stop here
             elif calls and step.turn + 1 >= run.max_steps:
-                finished = _finish(
+                finished = finish_run(
                     run, now, "failed", error=("max_steps_exceeded",
                     f"the agent wanted more tool calls after {run.max_steps} LLM steps "
                     f"(max_steps={run.max_steps})"),
@@ -446,7 +451,7 @@ class AgentLoop:
                     dispatch.append(_dispatch_for(tool, run))
             else:
                 run.result = text_of(response.content)
-                finished = _finish(run, now, "completed")
+                finished = finish_run(run, now, "completed")
         self.observer.step_finished(
             StepReport(
                 run_id=run.id,
@@ -462,7 +467,7 @@ class AgentLoop:
             )
         )
         if finished is not None:
-            self._announce(finished)
+            self.announce(finished)
         return Outcome("executed", dispatch)
 
     # -- tool steps ----------------------------------------------------------------
@@ -541,9 +546,9 @@ class AgentLoop:
                 step.error_code, step.error_message = error.code, error.message
                 step.finished_at, step.lease_until = now, None
             if not run.terminal:
-                finished = _finish(run, now, "failed", error=(error.code, error.message))
+                finished = finish_run(run, now, "failed", error=(error.code, error.message))
         if finished is not None:
-            self._announce(finished)
+            self.announce(finished)
 
     def cancel(self, run_id: str) -> list[str]:
         """Cancel a run; returns the ids of its unfinished steps, to revoke."""
@@ -557,12 +562,14 @@ class AgentLoop:
             for st in open_steps:
                 if st.status == "pending":
                     st.status, st.finished_at = "cancelled", now
-            finished = _finish(run, now, "cancelled", error=("cancelled", "cancelled by request"))
+            finished = finish_run(
+                run, now, "cancelled", error=("cancelled", "cancelled by request")
+            )
             ids = [st.id for st in open_steps]
-        self._announce(finished)
+        self.announce(finished)
         return ids
 
-    def _announce(self, report: RunReport) -> None:
+    def announce(self, report: RunReport) -> None:
         log.info(
             "agent_completed",
             run_id=report.run_id,
@@ -584,7 +591,9 @@ def _touch(run: Run, now: object) -> None:
     run.version += 1
 
 
-def _finish(run: Run, now: object, status: str, error: tuple[str, str] | None = None) -> RunReport:
+def finish_run(
+    run: Run, now: object, status: str, error: tuple[str, str] | None = None
+) -> RunReport:
     run.status = status
     run.finished_at = now  # type: ignore[assignment]
     run.pending_tools = 0
@@ -656,3 +665,11 @@ def _scoped(options: dict[str, object], *, model: str, turn: str) -> dict[str, o
         if isinstance(scoped, dict) and isinstance(scoped.get(key), dict):
             merged.update(_scoped(scoped[key], model=model, turn=turn))
     return merged
+
+
+def deadline_error(run: Run) -> tuple[str, str]:
+    limit = (aware(run.deadline_at) - aware(run.created_at)).total_seconds()  # type: ignore[arg-type]
+    return (
+        "deadline_exceeded",
+        f"the task ran past its wall-clock limit of {limit:.0f} s (max_duration_s)",
+    )

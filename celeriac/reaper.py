@@ -17,7 +17,8 @@ from sqlalchemy import delete, select
 from celeriac.budget.keeper import BudgetKeeper
 from celeriac.budget.ledger import ledger_cost
 from celeriac.clock import utcnow
-from celeriac.loop import Dispatch
+from celeriac.loop import Dispatch, deadline_error, finish_run
+from celeriac.observer import RunReport
 from celeriac.priority import priority_from_level
 from celeriac.store import Database, Run, Step
 from celeriac.store.schema import TERMINAL_STATUSES
@@ -84,3 +85,25 @@ def settle_expired_reservations(db: Database, keeper: BudgetKeeper) -> int:
             log.warning("budget_reservation_expired", reservation=reservation_id,
                         actual_nanos=actual)
     return settled
+
+
+def end_overdue_runs(db: Database, *, grace_s: float = 30.0, limit: int = 200) -> list[RunReport]:
+    """Runs past their wall-clock deadline (plus a grace for the step in flight) are
+    failed here, whatever their steps are doing: no run stays running forever. Their
+    open steps are cancelled; the broker's copies find the run ended and skip."""
+    now = utcnow()
+    reports: list[RunReport] = []
+    with db.session() as s:
+        overdue = s.scalars(
+            select(Run)
+            .where(Run.status.not_in(TERMINAL_STATUSES))
+            .where(Run.deadline_at < now - timedelta(seconds=grace_s))
+            .limit(limit)
+        ).all()
+        for run in overdue:
+            for step in run.steps:
+                if step.status in ("pending", "running"):
+                    step.status, step.finished_at = "cancelled", now
+            reports.append(finish_run(run, now, "failed", error=deadline_error(run)))
+            log.warning("run_deadline_exceeded", run_id=run.id)
+    return reports

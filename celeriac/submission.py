@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -83,6 +84,7 @@ def submit(
         idempotency_key=sub.idempotency_key,
         created_at=now,
         updated_at=now,
+        deadline_at=now + timedelta(seconds=version.max_duration_s),
     )
     first = new_step(run_id, turn=0, kind="llm", name=model.id, index=0, now=now)
     try:

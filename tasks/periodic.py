@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from celeriac.reaper import cleanup as cleanup_runs
+from celeriac.reaper import end_overdue_runs, settle_expired_reservations
 from celeriac.reaper import reap as reap_steps
-from celeriac.reaper import settle_expired_reservations
 from config.celery import CLEANUP, REAP
 from tasks.dispatch import send_steps
 from tasks.worker import app, services, settings
@@ -15,6 +15,8 @@ def reap() -> int:
     dispatch = reap_steps(services().db)
     send_steps(app, dispatch)
     settle_expired_reservations(services().db, services().keeper)
+    for report in end_overdue_runs(services().db):
+        services().loop.announce(report)
     return len(dispatch)
 
 

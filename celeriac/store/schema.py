@@ -55,6 +55,9 @@ class Run(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The task's wall-clock limit: past it, no further step starts and the reaper
+    # ends the run, so nothing stays running forever.
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     steps: Mapped[list[Step]] = relationship(
         back_populates="run", order_by="Step.seq", cascade="all, delete-orphan"

@@ -112,3 +112,35 @@ def test_a_step_that_keeps_dying_is_dead_lettered(crashy: Any) -> None:
         assert status(client, task_id)["steps"][0]["status"] == "failed"
     finally:
         worker.stop()
+
+
+def test_a_task_past_its_wall_clock_limit_is_ended(crashy: Any) -> None:
+    """No task stays running forever: its next step refuses to start, and the reaper
+    ends it even when no step comes."""
+    app, env, tmp = crashy
+    client = app.test_client()
+    db = app.extensions["celeriac"].services.db
+    from celeriac.store import Run
+
+    stuck = submit(client, {"input": "Hello"})  # no worker: it waits, queued
+    with db.session() as s:
+        run = s.get(Run, stuck)
+        assert run is not None
+        run.status = "running"  # as if its worker vanished with every trace of it
+        run.deadline_at = utcnow() - timedelta(minutes=5)
+        s.get(Step, f"{stuck}-0-llm").status = "running"  # type: ignore[union-attr]
+    late = submit(client, {"input": "Hello"})
+    with db.session() as s:
+        late_run = s.get(Run, late)
+        assert late_run is not None
+        late_run.deadline_at = utcnow() - timedelta(seconds=1)
+    worker = start_worker(env, tmp, ping=app.extensions["celeriac"].queue.celery,
+                          concurrency=2)
+    try:
+        doc = wait_terminal(client, late, timeout=60)
+        assert doc["status"] == "failed" and doc["error"]["code"] == "deadline_exceeded"
+        ended = wait_terminal(client, stuck, timeout=60)  # by the reaper (beat)
+        assert ended["status"] == "failed" and ended["error"]["code"] == "deadline_exceeded"
+        assert "wall-clock limit" in ended["error"]["message"]
+    finally:
+        worker.stop()
