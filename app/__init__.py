@@ -23,6 +23,7 @@ from celeriac.services import Services
 from celeriac.webhooks.trigger import webhook_event
 from config.logging import configure_logging
 from config.settings import Settings
+from config.tracing import configure_tracing
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
@@ -32,6 +33,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                                settings.provider_key("openai")) if k]
         configure_logging(settings.log_level, secrets)
     flask_app = Flask(__name__)
+    if configure_tracing("celeriac-web", settings.tracing):
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(flask_app)
     # One byte over the limit: with a chunked body (no Content-Length) Werkzeug stops
     # reading at the limit without complaint, so json_body() checks the length itself.
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1

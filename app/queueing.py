@@ -3,11 +3,9 @@ cancellation. It never imports ``tasks``: the two sides share only names."""
 
 from __future__ import annotations
 
-import time
-
 from celery import Celery
 
-from celeriac.queues import SENT_AT_HEADER
+from celeriac.queues import message_headers
 from config.celery import LLM_STEP, WEBHOOK, celery_config, native_priorities
 from config.settings import Settings
 
@@ -26,7 +24,7 @@ class StepQueue:
             queue=queue,
             routing_key=queue,
             priority=level if self.native_priorities else None,
-            headers={SENT_AT_HEADER: time.time()},
+            headers=message_headers(),
         )
 
     def send_webhook(self, delivery_id: str) -> None:

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 from celeriac.budget.gate import BudgetGate, Reservation
 from celeriac.budget.keeper import Refusal
 from celeriac.cache import ResponseCache
@@ -35,6 +37,8 @@ from celeriac.limits.config import Limits
 from celeriac.limits.ratelimit import RateLimiter
 from celeriac.providers.base import LLMRequest, LLMResponse
 from celeriac.providers.registry import ProviderRegistry
+
+_tracer = trace.get_tracer("celeriac.calling")
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,10 @@ class Caller:
         provider = self.providers.for_model(model)
         started = time.perf_counter()
         try:
-            response = provider.complete(request)
+            with _tracer.start_as_current_span(
+                "llm.call", attributes={"llm.model": model.id, "llm.provider": model.provider}
+            ):
+                response = provider.complete(request)
         except ProviderError as exc:
             latency = (time.perf_counter() - started) * 1000
             self.limiter.settle_tokens(model.id, estimate, 0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
+from opentelemetry import trace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,7 @@ from celeriac.store import Database, LedgerEntry, Run, Step
 from celeriac.toolbox import Toolbox
 
 log = structlog.get_logger("celeriac.loop")
+_tracer = trace.get_tracer("celeriac.loop")
 
 
 @dataclass(frozen=True)
@@ -480,7 +482,9 @@ class AgentLoop:
         arguments = dict(claim.tool_call_args or {})
         log.info("tool_call", run_id=claim.run_id, step=step_id, tool=claim.name)
         started = time.perf_counter()
-        with self.leases.held(step_id):
+        with self.leases.held(step_id), _tracer.start_as_current_span(
+            "tool.call", attributes={"tool.name": claim.name}
+        ):
             result = self.toolbox.execute(version, claim.name, arguments)
         latency = (time.perf_counter() - started) * 1000
         log.info(

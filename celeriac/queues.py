@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from opentelemetry.propagate import inject
 from redis import Redis
 
 from celeriac.priority import QUEUES
@@ -45,3 +46,11 @@ def _age(raw: bytes | str | None, now: float) -> float | None:
         return max(0.0, now - float(sent)) if sent is not None else None
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def message_headers() -> dict[str, object]:
+    """Headers for an enqueued step: when it was sent (queue age), and the current
+    trace context (W3C traceparent), so the step's span joins its caller's trace."""
+    headers: dict[str, object] = {SENT_AT_HEADER: time.time()}
+    inject(headers)
+    return headers

@@ -13,6 +13,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 _KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,})")
 _SECRET_FIELDS = {"api_key", "authorization", "x-api-key", "password", "secret", "token"}
@@ -39,9 +40,20 @@ def _scrubber(secrets: Iterable[str]) -> structlog.types.Processor:
     return processor
 
 
+def _add_trace_ids(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", f"{context.trace_id:032x}")
+        event.setdefault("span_id", f"{context.span_id:016x}")
+    return event
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     worker_pool: str = "threads"
     worker_concurrency: int = 16
     log_level: str = "INFO"
+    # Tracing: "otlp" or "jsonl:<path>"; OTEL_EXPORTER_OTLP_ENDPOINT alone means otlp.
+    tracing: str | None = None
 
     @field_validator("redis_url")
     @classmethod

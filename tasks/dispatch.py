@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 from celery import Celery
 
 from celeriac.loop import Dispatch
-from celeriac.queues import SENT_AT_HEADER
+from celeriac.queues import message_headers
 from config.celery import LLM_STEP, TOOL_STEP, native_priorities
 
 
@@ -22,5 +21,5 @@ def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
             queue=step.queue,
             routing_key=step.queue,
             priority=step.level if native else None,
-            headers={SENT_AT_HEADER: time.time()},
+            headers=message_headers(),
         )

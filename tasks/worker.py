@@ -16,6 +16,7 @@ from celeriac.services import Services
 from config.celery import celery_config
 from config.logging import configure_logging
 from config.settings import Settings
+from config.tracing import configure_tracing
 
 settings = Settings()
 app = Celery("celeriac")
@@ -23,6 +24,22 @@ app.conf.update(celery_config(settings))
 app.conf.include = ["tasks.steps", "tasks.periodic", "tasks.webhooks"]
 
 _services: Services | None = None
+
+
+def _start_tracing() -> None:
+    if not configure_tracing("celeriac-worker", settings.tracing):
+        return
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    # Steps are enqueued by name (send_task), which the instrumentation's publish
+    # hooks cannot close cleanly; the trace context is injected by message_headers().
+    signals.before_task_publish.disconnect(instrumentor._trace_before_publish)
+    signals.after_task_publish.disconnect(instrumentor._trace_after_publish)
+
+
+_start_tracing()
 
 
 def services() -> Services:
@@ -46,9 +63,10 @@ def _setup_logging(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _fresh_services_in_child(**_: Any) -> None:
-    # A forked child must not reuse its parent's sockets.
+    # A forked child must not reuse its parent's sockets, nor its span exporter thread.
     global _services
     _services = None
+    configure_tracing("celeriac-worker", settings.tracing)
 
 
 @signals.task_prerun.connect
