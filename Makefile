@@ -34,3 +34,14 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.rdb var/celerybeat-schedule* .mypy_cache .ruff_cache
+
+# Benchmarks (not part of `make test`, apart from tests/e2e/test_bench_smoke.py).
+# bench: full sizes, 3 repetitions, under 20 minutes; writes bench/results.json and
+# bench/RESULTS.md. bench-quick: small sizes, 1 repetition, under 2 minutes; writes
+# bench/quick/. Both take BENCH_ARGS, e.g. BENCH_ARGS="--only throughput --store postgres".
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)

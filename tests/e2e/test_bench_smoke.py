@@ -16,8 +16,6 @@ import psutil
 
 from tests.support.services import PROJECT_DIR
 
-# Redis databases 6-10: apart from `make bench` (1-5), `make run` (0) and the tests (11-14).
-SMOKE_DB_BASE = "6"
 REQUIRED = {
     "throughput": ("tasks", "steps_per_s", "bare_steps_per_s", "ratio_to_bare"),
     "overhead": ("celeriac_step_ms_p50", "celeriac_step_ms_p99", "bare_celery_hop_ms_p50",
@@ -39,7 +37,7 @@ def test_bench_tiny_writes_valid_results(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--tiny", "--out", str(out),
-         "--redis-db-base", SMOKE_DB_BASE, "--workers", "1", "--concurrency", "8"],
+         "--workers", "1", "--concurrency", "8"],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=150, check=False,
         env={**os.environ, "BENCH_SMOKE_MARKER": marker},
     )

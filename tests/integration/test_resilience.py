@@ -4,6 +4,7 @@ the circuit breaker, permanent errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_retry_after_is_honoured_then_the_chain_falls_back(resilient: Resilient)
     ]
     attempts = [e["ts"] for e in resilient.calls(task_id) if e["model"] == LIMITED_MODEL]
     assert len(attempts) == 4
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap >= 1.9 for gap in gaps), gaps  # retry-after 2 s beats 0.2-0.8 s backoff
 
 
