@@ -8,7 +8,6 @@ from typing import Any
 
 from celeriac.catalog import AgentVersion
 from celeriac.tools.base import ToolRegistry, ToolResult
-from celeriac.tools.mcp import load_mcp_tools
 
 
 class Toolbox:
@@ -22,6 +21,9 @@ class Toolbox:
         with self._lock:
             registry = self._mcp.get(key)
             if registry is None:
+                # Imported on first use: the MCP SDK costs ~25 MB per worker process.
+                from celeriac.tools.mcp import load_mcp_tools
+
                 registry = ToolRegistry()
                 for tool in load_mcp_tools(server):
                     registry.register(tool)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from celeriac.catalog import ModelSpec
 from celeriac.errors import ProviderNotConfigured
-from celeriac.providers.anthropic import AnthropicProvider
 from celeriac.providers.base import Provider
-from celeriac.providers.openai import OpenAIProvider
 
-_FACTORIES: dict[str, Callable[..., Provider]] = {
-    "anthropic": AnthropicProvider,
-    "openai": OpenAIProvider,
+# Adapters are imported on first use: each SDK costs 10-25 MB per process, and a
+# deployment often uses one provider only.
+_ADAPTERS = {
+    "anthropic": ("celeriac.providers.anthropic", "AnthropicProvider"),
+    "openai": ("celeriac.providers.openai", "OpenAIProvider"),
 }
 
 
@@ -48,7 +48,9 @@ class ProviderRegistry:
             client = self._clients.get(model.provider)
             if client is None:
                 endpoint = self._endpoints[model.provider]
-                client = _FACTORIES[model.provider](
+                module, name = _ADAPTERS[model.provider]
+                factory = getattr(importlib.import_module(module), name)
+                client = factory(
                     api_key=endpoint.api_key, base_url=endpoint.base_url, timeout_s=self._timeout_s
                 )
                 self._clients[model.provider] = client
