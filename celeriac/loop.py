@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import structlog
 from opentelemetry import trace
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from celeriac.budget.config import Budgets
@@ -41,6 +41,8 @@ from celeriac.store import Database, LedgerEntry, Run, Step
 from celeriac.toolbox import Toolbox
 
 log = structlog.get_logger("celeriac.loop")
+# How long a run waits before trying again when its tenant is at its running cap.
+TENANT_WAIT_S = 2.0
 _tracer = trace.get_tracer("celeriac.loop")
 
 
@@ -92,6 +94,7 @@ class AgentLoop:
         observer: Observer | None = None,
         lease_s: float = 30.0,
         max_recoveries: int = 5,
+        tenant_max_running: int = 0,
         forward_simulator_headers: bool = False,
     ):
         self.db = db
@@ -106,6 +109,7 @@ class AgentLoop:
         self.lease = timedelta(seconds=lease_s)
         self.leases = LeaseKeeper(db, self.lease)
         self.max_recoveries = max_recoveries
+        self.tenant_max_running = tenant_max_running
         # Set by each entry point: records the webhook event and enqueues delivery.
         self.on_webhook: Callable[[RunReport], None] | None = None
         self.forward_simulator_headers = forward_simulator_headers
@@ -160,6 +164,15 @@ class AgentLoop:
                     step.status, step.finished_at = "failed", now
                     step.error_code, step.error_message = error
                     return None, Outcome("dead_letter"), finish_run(run, now, "failed", error=error)
+            if run.status == "queued" and self.tenant_max_running > 0:
+                running = s.scalar(
+                    select(func.count())
+                    .select_from(Run)
+                    .where(Run.tenant == run.tenant, Run.status == "running")
+                ) or 0
+                if running >= self.tenant_max_running:
+                    # The tenant is at its cap: this run waits its turn, queued.
+                    return None, Outcome("deferred"), None
             step.status = "running"
             step.started_at = step.started_at or now
             step.lease_until = now + self.lease
@@ -190,6 +203,8 @@ class AgentLoop:
     def run_llm_step(self, step_id: str) -> Outcome:
         """Run one LLM step. Raises RetryLater (re-queue) or a CeleriacError (fail)."""
         claim, outcome = self._claim(step_id)
+        if outcome.note == "deferred":
+            raise RetryLater(TENANT_WAIT_S, "tenant_at_capacity")
         if claim is None:
             return outcome
         catalog = self.catalog()

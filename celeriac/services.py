@@ -142,5 +142,6 @@ class Services:
             price_version=lambda: self.catalog().price_version,
             observer=self.metrics,
             lease_s=self.settings.step_lease_s,
+            tenant_max_running=self.settings.tenant_max_running,
             forward_simulator_headers=self.settings.simulated,
         )
