@@ -1,0 +1,97 @@
+"""Redis dies mid-run and comes back (AOF, as the README recommends for production):
+no accepted task is lost, and workers consume again without being restarted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import create_app
+from tests.conftest import settings_from, stack_env
+from tests.support.runs import submit, wait_terminal
+from tests.support.services import (
+    PROJECT_DIR,
+    free_port,
+    redis_answers,
+    start_worker,
+    worker_env,
+)
+from tests.support.waiting import wait_for
+
+
+class PrivateRedis:
+    def __init__(self, directory: Path):
+        self.dir, self.port = directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: redis_answers(self.url), timeout=20, what="redis to start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not available")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.kill()
+
+
+def test_tasks_survive_a_redis_restart(private_redis: PrivateRedis, simulator: Any,
+                                       tmp_path: Path) -> None:
+    env = stack_env(private_redis.url, f"sqlite:///{tmp_path / 'store.db'}", simulator.url)
+    env["CELERIAC_STEP_LEASE_S"] = "6"
+    app = create_app(settings_from(env), configure_logs=False)
+    client = app.test_client()
+    worker = start_worker(env, tmp_path, ping=app.extensions["celeriac"].queue.celery,
+                          concurrency=4)
+    # The reaper (beat) re-sends steps whose messages died with the connection: a
+    # retry published while Redis was down, a step acknowledged mid-outage.
+    with (tmp_path / "beat.log").open("wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat",
+             "--schedule", str(tmp_path / "beat-schedule"), "-l", "INFO"],
+            cwd=PROJECT_DIR, env=worker_env(env), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        slow = {"simulator": {"latency_ms": 800}}
+        ids = [submit(client, {"input": f"What is {i} * 2?", "metadata": slow})
+               for i in range(12)]
+        wait_for(lambda: any(client.get(f"/agent/status/{t}").get_json()["status"]
+                             == "completed" for t in ids),
+                 timeout=60, what="some work done before the crash")
+        private_redis.kill()
+        private_redis.start()  # same --dir: the AOF brings the queues back
+        docs = [wait_terminal(client, task_id, timeout=240) for task_id in ids]
+        assert [d["status"] for d in docs] == ["completed"] * len(ids)
+        assert worker.process.poll() is None  # the same worker, never restarted
+        after = wait_terminal(client, submit(client, {"input": "after the restart"}))
+        assert after["status"] == "completed"
+    finally:
+        worker.stop()
+        beat.terminate()
+        beat.wait(20)
