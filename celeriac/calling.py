@@ -151,7 +151,9 @@ class Caller:
         except ProviderError as exc:
             latency = (time.perf_counter() - started) * 1000
             self.limiter.settle_tokens(model.id, estimate, 0)
-            if isinstance(exc, TransientProviderError):
+            # A 429 is the provider pacing us, not an outage: it pauses the model
+            # (below) but does not count against its circuit.
+            if isinstance(exc, TransientProviderError) and not isinstance(exc, RateLimited):
                 self.breaker.record(model.id, ok=False)
             if isinstance(exc, RateLimited) and exc.retry_after_s:
                 self.limiter.pause(model.id, exc.retry_after_s)

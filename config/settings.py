@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     # Per API key: sustained requests per minute and burst, answered 429 past them.
     api_rate_per_minute: int = 1200
     api_burst: int = 100
-    # Runs one tenant may have running at once; more wait, queued (0: no cap).
-    tenant_max_running: int = 100
+    # Runs one tenant may have running at once; more wait, queued and retried every
+    # 2 s (0: no cap, the default: with a deep backlog the retries cost throughput).
+    tenant_max_running: int = 0
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
     # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host

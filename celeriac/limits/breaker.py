@@ -32,8 +32,14 @@ if state == 'closed' then return {1, 'closed'} end
 if state == 'open' then
   local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
   if now - opened < tonumber(ARGV[1]) then return {0, 'open'} end
-  redis.call('HSET', KEYS[1], 'state', 'half_open', 'trials', 0)
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'trials', 0, 'half_open_at', now)
   state = 'half_open'
+end
+-- A trial that never reported (its caller was throttled, or died) must not hold the
+-- circuit half-open forever: after another open period, new trials may go.
+local since = tonumber(redis.call('HGET', KEYS[1], 'half_open_at') or '0')
+if now - since >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'trials', 0, 'half_open_at', now)
 end
 local trials = redis.call('HINCRBY', KEYS[1], 'trials', 1)
 if trials <= tonumber(ARGV[2]) then return {1, 'half_open'} end

@@ -6,7 +6,8 @@ how long to wait for it; the caller sleeps until then. One Redis round trip per
 granted call, no polling (FIELD-NOTES: "check, then sleep and re-check" cost 68
 calls per grant). Calls are paced (one slot every 60/RPM s, with a small burst),
 not counted per clock minute, so no rolling 60 s window ever exceeds the limit:
-the pace is set ``burst + 1`` below the limit to leave room for the burst.
+the pace is set 2% (at least ``burst + 1``) below the limit, leaving room for the
+burst and for jitter between a grant and the call reaching the provider.
 
 If the wait would exceed ``max_wait_s`` nothing is reserved and the wait is
 returned, so the caller can re-queue the step or fall back to another model.
@@ -108,7 +109,10 @@ class RateLimiter:
         buckets = []
         if limit.rpm > 0:
             burst = self.limits.burst
-            pace = max(1, limit.rpm - burst - 1)  # headroom for the burst: see above
+            # Headroom: the burst, plus 2% for the time between a grant and the call's
+            # arrival at the provider (thread wake-ups, connection set-up), which can
+            # shift a call into the next window.
+            pace = max(1, limit.rpm - max(burst + 1, math.ceil(limit.rpm * 0.02)))
             interval = 60 * _US / pace
             buckets.append((keys.rate_bucket(model, "rpm"), interval, burst * interval, 1))
         if limit.tpm > 0 and tokens > 0:

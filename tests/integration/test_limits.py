@@ -152,3 +152,20 @@ def test_backoff_doubles_with_jitter_and_a_cap() -> None:
         assert all(full / 2 <= s <= full for s in samples)
         assert max(samples) - min(samples) > full / 10  # jittered, not constant
     assert RetryPolicy(jitter=False).backoff(3) == 4
+
+
+def test_a_half_open_trial_that_never_reports_does_not_lock_the_circuit(
+    r: redis.Redis,
+) -> None:
+    breaker = CircuitBreaker(r, BreakerSettings(consecutive_failures=1, open_s=0.3,
+                                                half_open_trials=1))
+    breaker.record("m", ok=False)
+    deadline = time.monotonic() + 5
+    while not breaker.allow("m"):  # the trial goes to a caller that never calls
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not breaker.allow("m")
+    while not breaker.allow("m"):  # after another open period, a new trial may go
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert breaker.record("m", ok=True) == "closed"

@@ -85,12 +85,14 @@ def test_limiter_holds_across_two_worker_processes(resilient: Resilient,
     assert len(calls) == 40
     assert [e["status"] for e in calls] == [200] * 40  # not one provider 429
     times = [e["ts"] for e in calls]
-    # Paced at (240 - 3) / 60 = 3.95 per second, plus a burst of 2. Arrival times
-    # carry scheduling jitter on a loaded machine, so allow one extra call per window
-    # over a 2 s window (the provider's own 60 s window is the contract: 0 429s above).
-    worst = max(sum(1 for t in times if start <= t < start + 2.0) for start in times)
-    assert worst <= 2 * 3.95 + 2 + 1 + 1, worst
-    assert times[-1] - times[0] < (40 - 3) / 3.95 + 2.0  # and the pace was used
+    # Paced at (240 - 5) / 60 = 3.92 calls per second after a burst of 3: the 40 calls
+    # must take about 9.4 s at the provider (unpaced, they would arrive at once), and
+    # not much more (the pace is used). Arrival order carries scheduling jitter on a
+    # loaded machine, so the bounds allow 1.5 s either way; the provider's own rolling
+    # window (0 429s above) is the contract.
+    paced = (40 - 3) / ((240 - 5) / 60)
+    span = times[-1] - times[0]
+    assert paced - 1.5 < span < paced + 2.0, span
     # Both worker processes took part.
     executed = [w.log().count('"llm_call"') for w in resilient.workers]
     assert all(n > 0 for n in executed), executed
