@@ -19,10 +19,11 @@ import socket
 import sys
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from celery import Celery
@@ -102,6 +103,8 @@ class Stack:
     simulator: Process | None = None
     simulator_url: str = ""
     processes: list[Process] = field(default_factory=list)
+    # Added to every child's environment and to settings() (e.g. CELERIAC_BUDGETS).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def redis_url(self) -> str:
@@ -125,6 +128,7 @@ class Stack:
                 # The baseline app (bench.bare) reads its own names.
                 "BENCH_BARE_BROKER_URL": self.redis_url,
                 "BENCH_BARE_SIMULATOR_URL": self.simulator_url,
+                **self.extra_env,
                 **extra,
             }
         )
@@ -168,11 +172,11 @@ class Stack:
 
     # -- the simulated provider -----------------------------------------------------
 
-    def start_simulator(self, latency_ms: float) -> str:
+    def start_simulator(self, latency_ms: float, extra_args: Sequence[str] = ()) -> str:
         process = self.spawn(
             "simulator",
             [sys.executable, "-m", "celeriac.simulator", "--host", "127.0.0.1", "--port", "0",
-             "--latency-ms", f"{latency_ms:g}"],
+             "--latency-ms", f"{latency_ms:g}", *extra_args],
             child_env({}),
         )
         found = wait_for(
@@ -181,6 +185,18 @@ class Stack:
         )
         self.simulator, self.simulator_url = process, found.group(1)
         return self.simulator_url
+
+    def simulator_log(self) -> list[dict[str, Any]]:
+        """The simulator's request log (``GET /_sim/log``), oldest first."""
+        response = httpx.get(f"{self.simulator_url}/_sim/log", timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        entries: list[dict[str, Any]] = body["entries"] if isinstance(body, dict) else body
+        return entries
+
+    def reset_simulator(self) -> None:
+        """Clear the log and the RPM window (``POST /_sim/reset``)."""
+        httpx.post(f"{self.simulator_url}/_sim/reset", timeout=30).raise_for_status()
 
     # -- Celery workers -------------------------------------------------------------
 
@@ -279,7 +295,8 @@ class Harness:
         self.config_dir = write_config_dir(scratch / "config")
 
     @contextmanager
-    def stack(self, workload: str, *, latency_ms: float, repetition: int = 0) -> Iterator[Stack]:
+    def stack(self, workload: str, *, latency_ms: float, repetition: int = 0,
+              simulator_args: Sequence[str] = ()) -> Iterator[Stack]:
         name = f"{workload}-r{repetition}"
         db = self.redis_dbs[workload]
         store = create_store(self.store_kind, self.scratch, name)
@@ -287,7 +304,7 @@ class Harness:
                       self.store_kind)
         stack.flush()
         try:
-            stack.start_simulator(latency_ms)
+            stack.start_simulator(latency_ms, simulator_args)
             yield stack
             stack.check_undisturbed()
         finally:

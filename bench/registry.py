@@ -33,6 +33,14 @@ class Sizes:
     memory_in_flight: int
     priority_backlog: int
     priority_highs: int
+    # rate_limit: the simulator's and Celeriac's limit, agents of 3 LLM calls each, the
+    # worker-process counts run one after the other, and the rolling window checked.
+    rate_limit_rpm: int = 600
+    rate_limit_agents: int = 300
+    rate_limit_workers: tuple[int, ...] = (1, 2, 4)
+    rate_limit_window_s: float = 60.0
+    fault_tasks: int = 200
+    budget_tasks: int = 200
 
 
 SIZES = {
@@ -41,10 +49,14 @@ SIZES = {
                   priority_highs=20),
     "quick": Sizes(repeats=1, throughput_tasks=50, overhead_runs=20, api_seconds=5,
                    api_warmup=100, memory_in_flight=100, priority_backlog=100,
-                   priority_highs=10),
+                   priority_highs=10, rate_limit_rpm=600, rate_limit_agents=40,
+                   rate_limit_workers=(1, 2), rate_limit_window_s=10.0, fault_tasks=40,
+                   budget_tasks=200),
     # For the smoke test: every workload runs, and proves only that it can.
     "tiny": Sizes(repeats=1, throughput_tasks=8, overhead_runs=4, api_seconds=1,
-                  api_warmup=20, memory_in_flight=10, priority_backlog=12, priority_highs=3),
+                  api_warmup=20, memory_in_flight=10, priority_backlog=12, priority_highs=3,
+                  rate_limit_rpm=600, rate_limit_agents=8, rate_limit_workers=(1,),
+                  rate_limit_window_s=3.0, fault_tasks=8, budget_tasks=60),
 }
 
 
@@ -66,14 +78,17 @@ class Workload:
     skipped: str | None = None
     # Keys added up over repetitions (error counts) rather than reported as a median.
     summed: tuple[str, ...] = ()
+    # At most this many repetitions (a long workload that measures its own spread).
+    max_repeats: int | None = None
 
 
 REGISTRY: dict[str, Workload] = {}
 
 
-def workload(name: str, *, summed: tuple[str, ...] = ()) -> Callable[[Runner], Runner]:
+def workload(name: str, *, summed: tuple[str, ...] = (),
+             max_repeats: int | None = None) -> Callable[[Runner], Runner]:
     def register(run: Runner) -> Runner:
-        REGISTRY[name] = Workload(name, run, summed=summed)
+        REGISTRY[name] = Workload(name, run, summed=summed, max_repeats=max_repeats)
         return run
 
     return register

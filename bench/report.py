@@ -37,6 +37,10 @@ GOALS = (
     Goal("api", "errors", "<=", 0),
     Goal("memory", "worker_rss_mb", "<=", 300, "MB"),
     Goal("memory", "redis_growth_mb", "<=", 5, "MB"),
+    Goal("rate_limit", "over_limit_attempts", "<=", 0),
+    Goal("rate_limit", "provider_429", "<=", 0),
+    Goal("rate_limit", "unfinished_tasks", "<=", 0),
+    Goal("budget", "overspend_usd", "<=", 0, "USD"),
 )
 
 # The figures shown in RESULTS.md, per workload, in order (results.json has them all).
@@ -52,6 +56,15 @@ SHOWN = {
                "redis_growth_mb", "redis_used_memory_growth_mb", "load_avg_1m"),
     "priority": ("backlog", "lows_waiting_at_first_high", "high_tasks", "high_start_ms_p50",
                  "low_start_ms_p50", "load_avg_1m"),
+    "rate_limit": ("limit_rpm", "tasks", "calls", "workers", "achieved_rpm", "utilization",
+                   "over_limit_requests", "over_limit_attempts", "provider_429",
+                   "provider_429_all_runs", "unfinished_tasks", "unfinished_tasks_all_runs",
+                   "spread_across_workers", "window_s",
+                   "load_avg_1m"),
+    "faults": ("fault_rate", "tasks", "completed_ratio", "attempts_per_success",
+               "injected_faults", "load_avg_1m"),
+    "budget": ("tasks", "cap_usd", "refused", "budget_failed", "completed",
+               "provider_bill_usd", "ledger_usd", "overspend_usd", "load_avg_1m"),
 }
 
 DEFINITIONS = """\
@@ -78,6 +91,35 @@ DEFINITIONS = """\
   the whole server's `used_memory`, noisy on a shared server).
 - **priority**: one worker with 8 threads, 200 ms latency; the low backlog is submitted,
   then high tasks one every 100 ms; start = `runs.started_at - runs.created_at`.
+- **rate_limit**: tasks of 3 LLM calls (the throughput `[loop]` task) queued up front
+  against the simulator started with `--rpm L` (a rolling 60 s window, 429 past it) and
+  Celeriac's limiter set to the same L for the bench model (`CELERIAC_LIMITS`), 200 ms
+  latency; run once per worker-process count (`by_workers` in results.json; the
+  headline is 2 workers, `spread_across_workers` = (max - min) / mean of their achieved
+  RPM). From the simulator's request log: achieved RPM = (accepted calls - 1) / (last
+  accepted - first accepted) x 60; `over_limit_requests` = max over rolling windows of
+  `window_s` of accepted calls minus L x window_s / 60, floored at 0 (the simulator
+  never accepts more than L per 60 s, so over 60 s this is 0 by construction);
+  `over_limit_attempts` = the same over every request that reached the simulator,
+  429s included (what a real provider would have seen over its limit);
+  `provider_429` = the simulator's refusals at 2 workers (`_all_runs`: every worker
+  count). Each worker count is given at most 30 s + 1.4 x the ideal backlog time;
+  `unfinished_tasks` = runs not ended by then. Quick and tiny runs last less than
+  60 s, so their window is scaled down (`window_s`). One repetition (it runs each
+  worker count itself).
+- **faults**: the default agent (retries, then the fallbacks sonnet -> haiku ->
+  gpt-4o-mini) on arithmetic questions (llm -> tool -> llm); every provider call of a
+  task gets a random 429/500/503/529 with probability `fault_rate` (the task's
+  `metadata.simulator.fault_rate`, all models); 2 workers, 50 ms latency.
+  `completed_ratio` = completed runs / tasks; `attempts_per_success` = requests in the
+  simulator's log / those answered 200. One repetition.
+- **budget**: `CELERIAC_BUDGETS` daily_usd = tenant_daily_usd = `cap_usd`; 2 workers
+  started, then every task submitted at once: an arithmetic question padded to ~8,000
+  characters on claude-sonnet-4 (about $0.0155 a task, so the tasks would cost several
+  times the cap unbudgeted). `refused` = submissions answered 429; `budget_failed` =
+  runs ended with a budget error code; `provider_bill_usd` = the simulator's 200s
+  priced with config/prices.toml; `ledger_usd` = sum of `ledger.cost_nanos`;
+  `overspend_usd` = max(0, bill - cap). One repetition.
 - **load_avg_1m**: the machine's 1-minute load average (the higher of before and after
   each repetition); this 2-core machine is shared, and a load above 2 means other
   processes competed for the CPU during that measurement.

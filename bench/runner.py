@@ -64,6 +64,8 @@ def run_plan(plan: Plan, scratch: Path, redis: RedisServer,
             doc[wl.name] = {"skipped": "not selected (--only)"}
             continue
         repeats = plan.sizes.repeats
+        if wl.max_repeats is not None:
+            repeats = min(repeats, wl.max_repeats)
         runs: list[Metrics] = []
         try:
             for repetition in range(repeats):

@@ -5,13 +5,8 @@ numbers, imported below and named in ``ORDER``; to announce one that cannot run 
 ``pending(name, reason)``.
 """
 
-from bench.registry import REGISTRY, Workload, pending
-from bench.workloads import api, memory, overhead, priority, throughput
-
-pending("rate_limit", "not measured yet: no rate-limit workload written (the limiter is "
-        "celeriac/limits/)")
-pending("faults", "not measured yet: no fault-injection workload written")
-pending("budget", "not measured yet: no budget workload written (budgets are celeriac/budget/)")
+from bench.registry import REGISTRY, Workload
+from bench.workloads import api, budget, faults, memory, overhead, priority, ratelimit, throughput
 
 ORDER = ("throughput", "overhead", "api", "memory", "priority", "rate_limit", "faults",
          "budget")
@@ -22,4 +17,5 @@ def in_order() -> list[Workload]:
     return known + [w for name, w in REGISTRY.items() if name not in ORDER]
 
 
-__all__ = ["ORDER", "api", "in_order", "memory", "overhead", "priority", "throughput"]
+__all__ = ["ORDER", "api", "budget", "faults", "in_order", "memory", "overhead", "priority",
+           "ratelimit", "throughput"]
