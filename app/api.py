@@ -20,6 +20,7 @@ from celeriac.clock import utcnow
 from celeriac.dashboard import budget_summary
 from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
 from celeriac.pricing import usd_to_nanos
+from celeriac.reaper import mark_sent
 from celeriac.submission import Submission, submit
 from celeriac.views import list_runs, load_run_document
 from celeriac.webhooks import UnresolvableHost, check_url
@@ -90,6 +91,7 @@ def run() -> ResponseReturnValue:
             web().queue.send_llm_step(
                 accepted.first_step_id, queue=accepted.priority.queue, level=accepted.priority.level
             )
+            mark_sent(services.db, [accepted.first_step_id])
         except Exception as exc:
             # Not accepted after all: say so rather than leave a task that never runs.
             services.loop.fail_step(

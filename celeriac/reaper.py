@@ -2,8 +2,10 @@
 
 - Steps whose lease ran out (their worker died mid-step) are dispatched again; the
   broker's visibility timeout is only a backstop.
-- Pending steps that never started for a long while are dispatched again (their
-  message may have been lost); the claim makes a duplicate harmless.
+- Pending steps never sent (their sender died between commit and send) are sent
+  after 15 s; sent steps that never started after 30 s are sent again (their
+  message may have died in a killed worker's hands); the claim makes a duplicate
+  harmless.
 - Finished runs older than the retention period are deleted.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from celeriac.budget.keeper import BudgetKeeper
 from celeriac.budget.ledger import ledger_cost
@@ -26,7 +28,20 @@ from celeriac.store.schema import TERMINAL_STATUSES
 log = structlog.get_logger("celeriac.reaper")
 
 
-def reap(db: Database, *, stale_pending_s: float = 600.0, limit: int = 500) -> list[Dispatch]:
+def mark_sent(db: Database, step_ids: list[str]) -> None:
+    """Record that these steps' messages reached the broker."""
+    if step_ids:
+        with db.session() as s:
+            s.execute(update(Step).where(Step.id.in_(step_ids)).values(sent_at=utcnow()))
+
+
+def reap(
+    db: Database,
+    *,
+    stale_pending_s: float = 30.0,
+    unsent_after_s: float = 15.0,
+    limit: int = 500,
+) -> list[Dispatch]:
     now = utcnow()
     dispatch: list[Dispatch] = []
     with db.reader() as s:
@@ -37,8 +52,18 @@ def reap(db: Database, *, stale_pending_s: float = 600.0, limit: int = 500) -> l
             .where(
                 ((Step.status == "running") & (Step.lease_until < now))
                 | (
+                    # Sent but not started for a while: its message may have died in a
+                    # killed worker's hands (unacked until the visibility timeout). A
+                    # re-send marks it sent again, so a backlog is re-sent at most once
+                    # per 30 s, and a duplicate is dropped at its claim.
                     (Step.status == "pending")
-                    & (Step.created_at < now - timedelta(seconds=stale_pending_s))
+                    & (Step.deliveries == 0)
+                    & (Step.sent_at < now - timedelta(seconds=stale_pending_s))
+                )
+                | (
+                    (Step.status == "pending")
+                    & Step.sent_at.is_(None)
+                    & (Step.created_at < now - timedelta(seconds=unsent_after_s))
                 )
             )
             .limit(limit)

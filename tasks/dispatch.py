@@ -8,10 +8,15 @@ from celery import Celery
 
 from celeriac.loop import Dispatch
 from celeriac.queues import message_headers
+from celeriac.reaper import mark_sent
+from celeriac.store import Database
 from config.celery import LLM_STEP, TOOL_STEP, native_priorities
 
 
-def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
+def send_steps(app: Celery, steps: Iterable[Dispatch], db: Database | None = None) -> None:
+    """Send, then mark sent: a crash in between leaves the step unsent, and the
+    reaper sends it again within seconds (a duplicate is harmless: claims are atomic)."""
+    steps = list(steps)
     native = native_priorities(app.conf.broker_url)
     for step in steps:
         app.send_task(
@@ -23,3 +28,5 @@ def send_steps(app: Celery, steps: Iterable[Dispatch]) -> None:
             priority=step.level if native else None,
             headers=message_headers(),
         )
+    if db is not None:
+        mark_sent(db, [step.step_id for step in steps])

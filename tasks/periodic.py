@@ -13,7 +13,7 @@ from tasks.worker import app, services, settings
 @app.task(name=REAP, ignore_result=True)
 def reap() -> int:
     dispatch = reap_steps(services().db)
-    send_steps(app, dispatch)
+    send_steps(app, dispatch, services().db)
     settle_expired_reservations(services().db, services().keeper)
     for report in end_overdue_runs(services().db):
         services().loop.announce(report)

@@ -64,7 +64,7 @@ class StepTask(Task):  # type: ignore[misc]
             kind = "llm" if self.name == LLM_STEP else "tool"
             services().metrics.count("duplicate_delivery", {"kind": kind, "outcome": outcome.note})
         if outcome.dispatch:
-            send_steps(app, outcome.dispatch)
+            send_steps(app, outcome.dispatch, services().db)
         return outcome.note
 
 

@@ -98,6 +98,9 @@ class Step(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
     deliveries: Mapped[int] = mapped_column(default=0)
+    # When its message was handed to the broker: a step created but never sent (its
+    # sender died between commit and send) is re-sent by the reaper within seconds.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     # Times the step was taken back from a worker that died or hung mid-step.
     recoveries: Mapped[int] = mapped_column(default=0)
     latency_ms: Mapped[float | None] = mapped_column(default=None)
