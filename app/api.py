@@ -20,9 +20,8 @@ from celeriac.clock import utcnow
 from celeriac.dashboard import budget_summary
 from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
 from celeriac.pricing import usd_to_nanos
-from celeriac.reaper import mark_sent
 from celeriac.submission import Submission, submit
-from celeriac.views import list_runs, load_run_document
+from celeriac.views import list_runs, load_run_document, load_thread_document
 from celeriac.webhooks import UnresolvableHost, check_url
 
 bp = Blueprint("api", __name__, url_prefix="/agent")
@@ -83,6 +82,7 @@ def run() -> ResponseReturnValue:
             metadata=req.metadata,
             tenant=current_tenant(),
             idempotency_key=key,
+            thread_id=req.thread_id,
         ),
         max_budget_usd=services.budgets.max_task_usd,
     )
@@ -91,7 +91,6 @@ def run() -> ResponseReturnValue:
             web().queue.send_llm_step(
                 accepted.first_step_id, queue=accepted.priority.queue, level=accepted.priority.level
             )
-            mark_sent(services.db, [accepted.first_step_id])
         except Exception as exc:
             # Not accepted after all: say so rather than leave a task that never runs.
             services.loop.fail_step(
@@ -100,10 +99,19 @@ def run() -> ResponseReturnValue:
             )
             raise CeleriacError("the broker is unavailable; retry later", code="enqueue_failed")\
                 from None
-    doc = load_run_document(services.db, accepted.run_id)
+    status = "queued"
+    if not accepted.created:  # an earlier task with this Idempotency-Key: as it is now
+        status = str(load_run_document(services.db, accepted.run_id)["status"])
     status_url = url_for("api.status", task_id=accepted.run_id)
+    thread_id = str(accepted.thread_id)
     response = jsonify(
-        {"task_id": accepted.run_id, "status": doc["status"], "status_url": status_url}
+        {
+            "task_id": accepted.run_id,
+            "status": status,
+            "status_url": status_url,
+            "thread_id": thread_id,
+            "thread_url": url_for("api.thread", thread_id=thread_id),
+        }
     )
     response.status_code = 202 if accepted.created else 200
     response.headers["Location"] = status_url
@@ -113,6 +121,11 @@ def run() -> ResponseReturnValue:
 @bp.get("/status/<task_id>")
 def status(task_id: str) -> ResponseReturnValue:
     return jsonify(load_run_document(web().services.db, task_id, tenant=current_tenant()))
+
+
+@bp.get("/threads/<thread_id>")
+def thread(thread_id: str) -> ResponseReturnValue:
+    return jsonify(load_thread_document(web().services.db, thread_id, tenant=current_tenant()))
 
 
 @bp.post("/cancel/<task_id>")

@@ -9,9 +9,9 @@ Run one per host: ``python -m app.autoscaler [--min 1] [--max 4] [--interval 5] 
   Messages a worker has already taken, and countdown steps held in worker memory,
   are not waiting and not counted;
 - CPU: the whole host's, since the last sample (psutil);
-- whether a provider's rate limit is the bottleneck: some model is paused (a
-  ``celeriac:pause:<model>`` key exists: a 429 with retry-after, or exhausted
-  rate-limit headers), or calls waited for rate-limit capacity
+- whether a provider's rate limit is the bottleneck: some model is paused or
+  slowed down (a ``celeriac:pause:<model>`` or ``celeriac:slow:<model>`` key exists:
+  a 429, or exhausted rate-limit headers), or calls waited for rate-limit capacity
   (``agent_rate_limit_waits_total``, all models) faster than ``--rate-limit-waits``
   per second since the last sample. More workers would only wait too;
 
@@ -164,8 +164,11 @@ class Probe:
         return sum(int(n) for n in pipe.execute())
 
     def rate_limited(self, now: float) -> bool:
-        paused = next(iter(self.redis.scan_iter(match=keys.provider_pause("*"), count=1000)),
-                      None) is not None
+        # Paused, or slowed down by provider feedback.
+        paused = any(
+            next(iter(self.redis.scan_iter(match=pattern, count=1000)), None) is not None
+            for pattern in (keys.provider_pause("*"), keys.provider_slowdown("*"))
+        )
         counts = self.redis.hvals(keys.metric_counter(RATE_LIMIT_WAITS.name))
         total = sum(float(v) for v in counts)
         previous, self._waits = self._waits, (now, total)

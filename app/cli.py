@@ -9,6 +9,8 @@
     celeriac scale add-queue|remove-queue Q  start/stop consuming a queue
     celeriac keys create TENANT  make an API key (printed last, once)
     celeriac keys revoke KEY     revoke it
+    celeriac db upgrade          migrate the store's schema to the newest revision
+    celeriac db current          show the store's revision (exit 1 when behind)
 
 ``workers`` and ``scale`` talk to the workers through the broker (Celery's remote
 control), so they need ``REDIS_URL`` or ``BROKER_URL``, not the web app.
@@ -56,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--model", default=None)
     submit.add_argument("--priority", default=None, help="high, normal, low or 0-9")
     submit.add_argument("--budget-usd", type=float, default=None)
+    submit.add_argument("--thread", dest="thread_id", default=None,
+                        help="continue this conversation (a thread_id from an earlier answer)")
     for name in ("status", "cancel"):
         cmd = sub.add_parser(name, help=f"{name} a task")
         cmd.add_argument("task_id")
     _add_worker_commands(sub)
     _add_key_commands(sub)
+    _add_db_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch()
     if args.command == "submit":
         body: dict[str, Any] = {"input": args.input}
-        for field in ("agent", "model", "budget_usd"):
+        for field in ("agent", "model", "budget_usd", "thread_id"):
             if getattr(args, field) is not None:
                 body[field] = getattr(args, field)
         if args.priority is not None:
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return _call("GET", f"{args.url}/agent/status/{args.task_id}")
     if args.command == "keys":
         return _keys(args)
+    if args.command == "db":
+        return _db(args)
     if args.command in ("workers", "scale"):
         client = _celery_client()
         try:
@@ -128,6 +135,49 @@ def _keys(args: argparse.Namespace) -> int:
             print("revoked")
             return 0
         print("error: no such active key", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+
+
+# --- db: schema migrations (what every process also does at start-up) ----------------
+
+
+def _add_db_commands(sub: Any) -> None:
+    db = sub.add_parser("db", help="migrate the store's schema",
+                        description="Schema migrations (Alembic) on DATABASE_URL. Every "
+                        "process also upgrades at start-up; these are for operators.")
+    actions = db.add_subparsers(dest="action", required=True)
+    actions.add_parser("upgrade", help="upgrade to the newest revision (adopts a database "
+                       "made before migrations existed)")
+    actions.add_parser("current", help="print the database's revision and the newest; "
+                       "exit 1 when it is behind")
+
+
+def _db(args: argparse.Namespace) -> int:
+    from celeriac.errors import SchemaError
+    from celeriac.store import Database, migrate
+    from config.settings import Settings
+
+    db = Database(Settings().database_url)
+    head = migrate.head()
+    try:
+        if args.action == "upgrade":
+            try:
+                before = db.create_schema()
+            except SchemaError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
+            was = {None: "empty", "adopted": "made before migrations; adopted"}.get(
+                before, before)
+            print(f"at {db.schema_revision()} (was {was})")
+            return 0
+        current = db.schema_revision()
+        if current == head:
+            print(f"{current} (head)")
+            return 0
+        print(f"{current or 'none'} (head is {head}; run `celeriac db upgrade`, "
+              "or start any Celeriac process)")
         return 1
     finally:
         db.dispose()

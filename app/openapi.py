@@ -22,6 +22,7 @@ _MODELS = (
     schemas.RunRequest,
     schemas.RunAccepted,
     schemas.RunStatus,
+    schemas.ThreadView,
     schemas.ErrorResponse,
     schemas.TaskList,
     schemas.AgentList,
@@ -42,7 +43,7 @@ def _json(name: str, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed JSON",
-        404: "Unknown task",
+        404: "Unknown task or thread",
         413: "Body too large",
         415: "Content-Type is not application/json",
         422: "Invalid field, unknown agent or model, or provider not configured",
@@ -77,9 +78,17 @@ def build_document() -> dict[str, Any]:
                     "content": {"application/json": {"schema": _ref("RunRequest")}},
                 },
                 "responses": {
-                    "202": _json("RunAccepted", "Accepted; poll status_url"),
+                    "202": {
+                        **_json("RunAccepted", "Accepted; poll status_url"),
+                        "links": {
+                            "GetThread": {
+                                "operationId": "getThread",
+                                "parameters": {"thread_id": "$response.body#/thread_id"},
+                            }
+                        },
+                    },
                     "200": _json("RunAccepted", "Same Idempotency-Key: the earlier task"),
-                    **_errors(400, 413, 415, 422, 429, 503),
+                    **_errors(400, 404, 413, 415, 422, 429, 503),
                 },
             }
         },
@@ -89,6 +98,17 @@ def build_document() -> dict[str, Any]:
                 "operationId": "getStatus",
                 "parameters": [_TASK_ID],
                 "responses": {"200": _json("RunStatus", "The task"), **_errors(404)},
+            }
+        },
+        "/agent/threads/{thread_id}": {
+            "get": {
+                "summary": "A conversation: its turns (tasks), with usage and cost",
+                "operationId": "getThread",
+                "parameters": [
+                    {"name": "thread_id", "in": "path", "required": True,
+                     "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json("ThreadView", "The thread"), **_errors(404)},
             }
         },
         "/agent/events/{task_id}": {

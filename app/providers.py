@@ -1,4 +1,4 @@
-"""``GET /agent/providers``: every model's provider, limits, circuit and pause, as
+"""``GET /agent/providers``: every model's provider, limits, circuit, pause and pace, as
 every worker sees them (the state lives in Redis)."""
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def providers() -> ResponseReturnValue:
                     "opened_at": circuit.opened_at,
                 },
                 "paused_for_s": round(services.limiter.paused_for(model.id), 3),
+                # 1.0, or less while provider feedback has the model slowed down.
+                "pace_factor": round(services.limiter.pace_factor(model.id), 3),
             }
         )
     return jsonify({"simulated": services.settings.simulated, "models": models})

@@ -60,12 +60,21 @@ class RunRequest(BaseModel):
         "are refused unless allow-listed",
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    thread_id: Annotated[
+        StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ] | None = Field(
+        None,
+        description="Continue this conversation (its earlier turns are loaded); "
+        "without it a new thread is started",
+    )
 
 
 class RunAccepted(BaseModel):
     task_id: str
     status: Literal["queued", "running", "completed", "failed", "cancelled"]
     status_url: str
+    thread_id: str
+    thread_url: str
 
 
 class ErrorDetail(BaseModel):
@@ -86,7 +95,7 @@ class Usage(BaseModel):
 
 class StepView(BaseModel):
     id: str
-    kind: Literal["llm", "tool"]
+    kind: Literal["llm", "tool", "summary"]
     name: str
     status: str
     latency_ms: float | None
@@ -120,7 +129,27 @@ class RunStatus(BaseModel):
     updated_at: str
     finished_at: str | None
     version: int
+    thread_id: str | None
     steps: list[StepView]
+
+
+class ThreadTurn(BaseModel):
+    task_id: str
+    status: Status
+    input: str
+    result: str | None
+    error: dict[str, str | None] | None
+    usage: Usage
+    created_at: str
+    finished_at: str | None
+
+
+class ThreadView(BaseModel):
+    thread_id: str
+    created_at: str
+    updated_at: str
+    usage: Usage
+    turns: list[ThreadTurn]
 
 
 class TaskSummary(BaseModel):
@@ -186,6 +215,7 @@ class ProviderModelView(BaseModel):
     limits: ModelLimitsView
     circuit: CircuitView
     paused_for_s: float
+    pace_factor: float
 
 
 class ProviderList(BaseModel):

@@ -39,6 +39,9 @@ GOALS = (
     Goal("memory", "redis_growth_mb", "<=", 5, "MB"),
     Goal("rate_limit", "over_limit_attempts", "<=", 0),
     Goal("rate_limit", "provider_429", "<=", 0),
+    Goal("rate_limit", "utilization", ">=", 0.97),
+    Goal("rate_limit", "utilization_all_runs_min", ">=", 0.97),
+    Goal("rate_limit", "provider_429_all_runs", "<=", 0),
     Goal("rate_limit", "unfinished_tasks", "<=", 0),
     Goal("budget", "overspend_usd", "<=", 0, "USD"),
 )
@@ -56,11 +59,12 @@ SHOWN = {
                "redis_growth_mb", "redis_used_memory_growth_mb", "load_avg_1m"),
     "priority": ("backlog", "lows_waiting_at_first_high", "high_tasks", "high_start_ms_p50",
                  "low_start_ms_p50", "load_avg_1m"),
-    "rate_limit": ("limit_rpm", "tasks", "calls", "workers", "achieved_rpm", "utilization",
-                   "over_limit_requests", "over_limit_attempts", "provider_429",
-                   "provider_429_all_runs", "unfinished_tasks", "unfinished_tasks_all_runs",
-                   "spread_across_workers", "window_s",
-                   "load_avg_1m"),
+    "rate_limit": ("limit_rpm", "paced_rpm", "tasks", "calls", "workers", "achieved_rpm",
+                   "utilization", "utilization_all_runs_min", "over_limit_requests",
+                   "over_limit_attempts", "peak_attempts_in_window", "provider_429",
+                   "provider_429_all_runs", "lag_ms_p99", "lag_ms_max",
+                   "unfinished_tasks", "unfinished_tasks_all_runs",
+                   "spread_across_workers", "window_s", "load_avg_1m"),
     "faults": ("fault_rate", "tasks", "completed_ratio", "attempts_per_success",
                "injected_faults", "load_avg_1m"),
     "budget": ("tasks", "cap_usd", "refused", "budget_failed", "completed",
@@ -103,7 +107,14 @@ DEFINITIONS = """\
   `over_limit_attempts` = the same over every request that reached the simulator,
   429s included (what a real provider would have seen over its limit);
   `provider_429` = the simulator's refusals at 2 workers (`_all_runs`: every worker
-  count). Each worker count is given at most 30 s + 1.4 x the ideal backlog time;
+  count); `utilization` = achieved RPM / L at 2 workers (`_all_runs_min`: the lowest of
+  every worker count); it cannot pass `paced_rpm` / L, the pace Celeriac's limiter
+  keeps below L (the burst and `jitter_s` of calls). Every call carries its limiter
+  slot (`x-celeriac-slot`), which the simulator logs: `lag_ms_*` = arrival - slot
+  (2 workers; `lag_ms_max`: every worker count), `peak_attempts_in_window` = the most
+  requests that reached the simulator in any `window_s` (every worker count), to set
+  beside `peak_granted_in_window` in `by_workers` (slots granted in any window).
+  Each worker count is given at most 30 s + 1.4 x the ideal backlog time;
   `unfinished_tasks` = runs not ended by then. Quick and tiny runs last less than
   60 s, so their window is scaled down (`window_s`). One repetition (it runs each
   worker count itself).
@@ -171,6 +182,7 @@ def render(doc: dict[str, Any], *, command: str) -> str:
         "before it; the simulator (`python -m celeriac.simulator`) and gunicorn (the "
         "Procfile's `web:` line) as their own processes; Celeriac's provider rate limiter "
         "on, with the bench model's limit raised out of reach (`CELERIAC_LIMITS`).",
+        *_reruns(run.get("reruns", [])),
         "",
         "| workload | figure | value | goal | |",
         "| --- | --- | ---: | --- | --- |",
@@ -199,6 +211,17 @@ def render(doc: dict[str, Any], *, command: str) -> str:
     lines += ["", "## Not measured", "", *(skipped or ["- nothing"]), "",
               "## Definitions", "", DEFINITIONS]
     return "\n".join(lines)
+
+
+def _reruns(reruns: list[dict[str, Any]]) -> list[str]:
+    """Workloads measured again later, on their own, with the rest kept as they were."""
+    return [
+        f"- **Re-run**: `{', '.join(r.get('workloads', []))}` only, with `{r.get('command')}` "
+        f"(finished {r.get('finished_at')}, celeriac {r.get('commit')}, load average "
+        f"{r.get('load_avg_1m_at_start')} at the start); the other workloads' figures come "
+        f"from the run above. {r.get('note', '')}".rstrip()
+        for r in reruns
+    ]
 
 
 def _fmt(value: object) -> str:

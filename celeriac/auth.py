@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -51,25 +50,26 @@ class Principal:
 
 
 class Authenticator:
-    """Checks bearer keys; remembers for a moment whether any key exists at all,
-    since every request asks."""
+    """Checks bearer keys, and whether any key exists at all (open mode until then)."""
 
-    def __init__(self, db: Database, *, cache_s: float = 2.0):
+    def __init__(self, db: Database):
         self.db = db
-        self.cache_s = cache_s
-        self._keys_exist: tuple[float, bool] = (0.0, False)
+        self._keys_exist = False
         self._lock = threading.Lock()
 
     def keys_exist(self) -> bool:
-        now = time.monotonic()
+        # Once a key exists the answer never changes back (revoked keys still count),
+        # so it is remembered. "No key yet" is asked again on every request: the first
+        # key may be made by another process at any moment, and must close the API at
+        # once, not after a cache expires.
         with self._lock:
-            checked, exist = self._keys_exist
-            if exist or now - checked < self.cache_s:
-                return exist
+            if self._keys_exist:
+                return True
         with self.db.reader() as s:
             exist = s.scalar(select(ApiKey.id).limit(1)) is not None
-        with self._lock:
-            self._keys_exist = (now, exist)
+        if exist:
+            with self._lock:
+                self._keys_exist = True
         return exist
 
     def authenticate(self, key: str) -> Principal | None:

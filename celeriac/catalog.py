@@ -53,10 +53,17 @@ class AgentVersion:
     mcp_servers: tuple[dict[str, Any], ...] = ()
     cache_ttl_s: int = 0  # > 0: identical requests are served from the response cache
     max_duration_s: int = 900  # wall-clock limit of one task, queueing included
+    # Time limit of one tool call (a thread pool cannot kill a stuck tool: past it
+    # the step stops waiting and records a tool_timeout error), and per-tool limits.
+    tool_timeout_s: float = 60.0
+    tool_timeouts: tuple[tuple[str, float], ...] = ()
 
     @property
     def ref(self) -> str:
         return f"{self.agent}@{self.version}"
+
+    def tool_limit_s(self, tool: str) -> float:
+        return dict(self.tool_timeouts).get(tool, self.tool_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,12 @@ class Catalog:
             raise UnknownAgent(
                 f"unknown agent {name!r}; known agents: {known}", field="agent"
             ) from None
+
+    def uses_tool(self, name: str) -> bool:
+        """Whether any live version of any agent may call the tool."""
+        return any(
+            name in version.tools for agent in self.agents.values() for version in agent.versions
+        )
 
     def resolve(self, ref: str, routing_key: str) -> AgentVersion:
         """``name`` picks by weight (or the pinned version); ``name@version`` pins."""
@@ -191,7 +204,23 @@ def _agent_version(name: str, v: dict[str, Any]) -> AgentVersion:
         mcp_servers=tuple(v.get("mcp_servers", ())),
         cache_ttl_s=int(v.get("cache_ttl_s", 0)),
         max_duration_s=int(v.get("max_duration_s", 900)),
+        tool_timeout_s=_positive(name, "tool_timeout_s", v.get("tool_timeout_s", 60.0)),
+        tool_timeouts=tuple(
+            (str(tool), _positive(name, f"tool_timeouts.{tool}", limit))
+            for tool, limit in dict(v.get("tool_timeouts", {})).items()
+        ),
     )
+
+
+def _positive(agent: str, field: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if number <= 0:
+        raise CeleriacError(f"agent {agent}: {field} must be a positive number of seconds",
+                            code="config_error")
+    return number
 
 
 @dataclass

@@ -15,7 +15,8 @@
     ├── ToolError                 (shown to the model as a tool result, never a crash)
     ├── BudgetExceeded            (a call would pass a task, tenant or global cap)
     ├── BudgetSpent               (a daily cap is used up: 429 until it resets)
-    └── RunFailed                 (a run's terminal failure: max_steps, dead letter ...)
+    ├── RunFailed                 (a run's terminal failure: max_steps, dead letter ...)
+    └── SchemaError               (the store's schema cannot be migrated to the models')
 """
 
 from __future__ import annotations
@@ -114,3 +115,9 @@ class BudgetSpent(CeleriacError):
 
 class RunFailed(CeleriacError):
     code = "run_failed"
+
+
+class SchemaError(CeleriacError):
+    """Raised at start-up (``create_schema``), never to a client."""
+
+    code = "schema_error"

@@ -19,14 +19,20 @@ def metric_histogram(name: str) -> str:
     return f"{METRIC_HISTOGRAMS}:{name}"
 
 
-# Rate limiter state: a GCRA "theoretical arrival time" per model and unit, and a
-# pause set from provider feedback. Both expire once they are in the past.
+# Rate limiter state: a GCRA "theoretical arrival time" per model and unit, a pause
+# set from a long provider retry-after, and a slowdown (a hash: the pace factor and
+# when it was last cut) set from provider feedback. All expire once they no longer
+# hold anything back (the slowdown after the limiter's ``recover_s``).
 def rate_bucket(model: str, unit: str) -> str:
     return f"{PREFIX}:ratelimit:{model}:{unit}"
 
 
 def provider_pause(model: str) -> str:
     return f"{PREFIX}:pause:{model}"
+
+
+def provider_slowdown(model: str) -> str:
+    return f"{PREFIX}:slow:{model}"
 
 
 # Circuit breaker state per model: a hash, plus per-second outcome counts that
@@ -76,9 +82,32 @@ def budget_rebuild_lock(day: str) -> str:
     return f"{PREFIX}:budget:{day}:rebuild-lock"
 
 
+# One reaper pass at a time across every worker (two at once send the same copies).
+# Held for at most one reaper period, so a worker killed mid-pass delays the next
+# pass by no more than that (a 15 s lock once held recovery up 15 s).
+REAPER_LOCK = f"{PREFIX}:reaper:lock"
+
 # The autoscaler's live worker count per host (expires if the autoscaler dies).
 AUTOSCALER_WORKERS_PATTERN = f"{PREFIX}:autoscaler:*:workers"
 
 
 def autoscaler_workers(host: str) -> str:
     return f"{PREFIX}:autoscaler:{host}:workers"
+
+
+# Step journal: a provider's answer (with its usage, cost and budget reservation) or
+# a tool's result, written the moment it arrives, before the step is recorded. A
+# step rerun after its worker died finds it and records it instead of paying the
+# provider or running the tool again. Deleted once the step is recorded; the TTL
+# only bounds what steps that never come back (their run was cancelled) leave
+# behind, and is far longer than any recovery (the visibility timeout, 1 h, is the
+# slowest path back).
+JOURNAL_TTL_S = 6 * 3600
+
+
+def journal_call(step_id: str, model: str) -> str:
+    return f"{PREFIX}:journal:{step_id}:llm:{model}"
+
+
+def journal_tool(step_id: str) -> str:
+    return f"{PREFIX}:journal:{step_id}:tool"

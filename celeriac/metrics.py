@@ -79,17 +79,31 @@ DUPLICATES = Family(
     "Step messages delivered again after their step ran or while it ran (not re-executed)",
     ("kind", "outcome"),
 )
+CONTEXT_FOLDS = Family(
+    "agent_context_folds_total",
+    "Prompts over the context window, folded into a summary by a cheap model",
+    ("model",),
+)
+REPLAYS = Family(
+    "agent_journal_replays_total",
+    "Steps recorded from their journal after their worker died: the provider answer or "
+    "tool result a killed worker had received, recorded without a second call",
+    ("kind",),
+)
 AUTOSCALER = Family(
     "agent_autoscaler_decisions_total", "Autoscaler decisions", ("action", "reason_kind")
 )
 COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS, RETRIES, FALLBACKS,
-            RATE_LIMIT_WAITS, CACHE_HITS, DUPLICATES, AUTOSCALER)
+            RATE_LIMIT_WAITS, CACHE_HITS, DUPLICATES, CONTEXT_FOLDS, REPLAYS,
+            AUTOSCALER)
 _EVENTS: dict[str, tuple[Family, tuple[str, ...], dict[str, str]]] = {
     # event -> (family, label names taken from the event, fixed labels)
     "rate_limit_wait": (RATE_LIMIT_WAITS, ("model",), {"kind": "in_place"}),
     "rate_limit_requeue": (RATE_LIMIT_WAITS, ("model",), {"kind": "requeued"}),
     "fallback": (FALLBACKS, ("from_model", "reason"), {}),
     "duplicate_delivery": (DUPLICATES, ("kind", "outcome"), {}),
+    "context_fold": (CONTEXT_FOLDS, ("model",), {}),
+    "journal_replay": (REPLAYS, ("kind",), {}),
 }
 HISTOGRAMS = (LATENCY, STEPS, COST, PROVIDER_LATENCY)
 

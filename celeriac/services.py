@@ -6,8 +6,10 @@ start-up), so nothing connects at import time.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
@@ -17,6 +19,9 @@ from celeriac.budget.ledger import day_spend
 from celeriac.cache import ResponseCache
 from celeriac.calling import Caller
 from celeriac.catalog import Catalog, CatalogSource
+from celeriac.errors import CeleriacError
+from celeriac.failpoints import Failpoints
+from celeriac.journal import StepJournal
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import Limits, load_limits
 from celeriac.limits.ratelimit import RateLimiter
@@ -26,9 +31,13 @@ from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
 from celeriac.retry import RetryPolicy
 from celeriac.store import Database
 from celeriac.toolbox import Toolbox
+from celeriac.tools.base import Tool
 from celeriac.tools.builtins import builtin_registry
 from celeriac.webhooks import UrlPolicy
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from celeriac.memory import MemoryIndex
 
 SIMULATED_KEY = "simulated"  # what the SDKs send to the simulated provider
 
@@ -80,8 +89,28 @@ class Services:
         return ProviderRegistry(endpoints, timeout_s=self.settings.provider_timeout_s)
 
     @cached_property
+    def failpoints(self) -> Failpoints:
+        return Failpoints.parse(self.settings.failpoints)
+
+    @cached_property
+    def journal(self) -> StepJournal:
+        return StepJournal(self.redis)
+
+    @cached_property
     def toolbox(self) -> Toolbox:
-        return Toolbox(builtin_registry(self.settings.config_dir / "docs"))
+        registry = builtin_registry(self.settings.config_dir / "docs", memory=lambda: self.memory)
+        for tool in load_extra_tools(self.settings):
+            registry.register(tool)
+        return Toolbox(registry)
+
+    @cached_property
+    def memory(self) -> MemoryIndex:
+        """Tenant memory for the recall tool; call ``memory.remember(...)`` when a
+        turn finishes. Imported here so a process that never recalls never loads
+        numpy or the model (the model itself loads on the first embedding)."""
+        from celeriac.memory import MemoryIndex, MiniLMEmbedder
+
+        return MemoryIndex(self.db, MiniLMEmbedder())
 
     @cached_property
     def metrics(self) -> RedisMetrics:
@@ -107,6 +136,8 @@ class Services:
             breaker=self.breaker,
             cache=ResponseCache(self.redis),
             limits=self.limits,
+            journal=self.journal,
+            failpoints=self.failpoints,
         )
 
     @cached_property
@@ -142,6 +173,26 @@ class Services:
             price_version=lambda: self.catalog().price_version,
             observer=self.metrics,
             lease_s=self.settings.step_lease_s,
+            max_recoveries=self.settings.max_recoveries,
             tenant_max_running=self.settings.tenant_max_running,
             forward_simulator_headers=self.settings.simulated,
+            journal=self.journal,
+            failpoints=self.failpoints,
         )
+
+
+def load_extra_tools(settings: Settings) -> list[Tool]:
+    """The tools named by ``CELERIAC_EXTRA_TOOLS`` ("module:factory,..."); a name that
+    does not import is a configuration error at start-up."""
+    tools: list[Tool] = []
+    for ref in (settings.extra_tools or "").split(","):
+        if not ref.strip():
+            continue
+        module_name, _, attr = ref.strip().partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr or "make_tools")
+        except (ImportError, AttributeError) as exc:
+            raise CeleriacError(f"extra tools {ref!r} cannot be loaded: {exc}",
+                                code="config_error") from exc
+        tools.extend(factory(settings))
+    return tools

@@ -21,6 +21,10 @@ def tool_step_id(run_id: str, turn: int, index: int) -> str:
     return f"{run_id}-{turn}-tool-{index}"
 
 
+def summary_step_id(run_id: str, turn: int) -> str:
+    return f"{run_id}-{turn}-summary"
+
+
 def new_step(
     run_id: str,
     *,
@@ -34,6 +38,9 @@ def new_step(
 ) -> Step:
     if kind == "llm":
         step_id, seq = llm_step_id(run_id, turn), turn * _SEQ_PER_TURN
+    elif kind == "summary":
+        # Just before the turn's LLM call, which waits for it.
+        step_id, seq = summary_step_id(run_id, turn), turn * _SEQ_PER_TURN - 1
     else:
         step_id, seq = tool_step_id(run_id, turn, index), turn * _SEQ_PER_TURN + 1 + index
     return Step(

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from celeriac.catalog import Catalog
 from celeriac.clock import utcnow
-from celeriac.errors import InvalidRequest
+from celeriac.errors import InvalidRequest, NotFound
 from celeriac.pricing import price_of
 from celeriac.priority import Priority, resolve_priority
 from celeriac.providers.registry import ProviderRegistry
 from celeriac.steps import llm_step_id, new_step
-from celeriac.store import Database, Run
+from celeriac.store import Database, Run, Thread
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Submission:
     metadata: dict[str, Any] = field(default_factory=dict)
     tenant: str = "default"
     idempotency_key: str | None = None
+    # Continue this conversation; None starts a new one.
+    thread_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Accepted:
     first_step_id: str
     priority: Priority
     created: bool  # False when an Idempotency-Key matched an earlier task
+    thread_id: str | None = None
 
 
 def submit(
@@ -87,8 +91,15 @@ def submit(
         deadline_at=now + timedelta(seconds=version.max_duration_s),
     )
     first = new_step(run_id, turn=0, kind="llm", name=model.id, index=0, now=now)
+    # Marked sent in the same transaction: the caller sends it right after the commit
+    # (and fails the task if the broker refuses). Were the caller to die in between,
+    # the step is "sent but never started" and the reaper sends it after 30 s; a
+    # second write per submission to say "sent" cost the API about 1 ms a request.
+    first.sent_at = now
     try:
         with db.session() as session:
+            thread = _join_thread(session, sub.tenant, sub.thread_id, now)
+            run.thread_id, run.thread_seq = thread.id, thread.turns
             session.add(run)
             session.add(first)
     except IntegrityError:
@@ -98,7 +109,24 @@ def submit(
             if earlier is not None:
                 return earlier
         raise
-    return Accepted(run_id, first.id, priority, created=True)
+    return Accepted(run_id, first.id, priority, created=True, thread_id=run.thread_id)
+
+
+def _join_thread(session: Session, tenant: str, thread_id: str | None, now: datetime) -> Thread:
+    """The thread the new task joins, locked so that concurrent submissions on one
+    thread get distinct, ordered places; a new thread when none is named."""
+    if thread_id is None:
+        thread = Thread(id=uuid.uuid4().hex, tenant=tenant, turns=0, created_at=now, updated_at=now)
+        session.add(thread)
+    else:
+        found = session.get(Thread, thread_id, with_for_update=True)
+        if found is None or found.tenant != tenant:
+            # Another tenant's thread is as unknown as a thread that never was.
+            raise NotFound(f"no thread {thread_id!r}", field="thread_id")
+        thread = found
+    thread.turns += 1
+    thread.updated_at = now
+    return thread
 
 
 def _find_by_key(db: Database, tenant: str, key: str) -> Accepted | None:
@@ -110,5 +138,9 @@ def _find_by_key(db: Database, tenant: str, key: str) -> Accepted | None:
             return None
         level = run.priority_level
         return Accepted(
-            run.id, llm_step_id(run.id, 0), resolve_priority(level, "normal"), created=False
+            run.id,
+            llm_step_id(run.id, 0),
+            resolve_priority(level, "normal"),
+            created=False,
+            thread_id=run.thread_id,
         )

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from celeriac.catalog import AgentVersion
-from celeriac.tools.base import ToolRegistry, ToolResult
+from celeriac.tools.base import ToolContext, ToolRegistry, ToolResult
 
 
 class Toolbox:
@@ -43,10 +43,16 @@ class Toolbox:
             specs.extend(registry.specs(names))
         return specs
 
-    def execute(self, version: AgentVersion, name: str, arguments: dict[str, Any]) -> ToolResult:
+    def execute(
+        self,
+        version: AgentVersion,
+        name: str,
+        arguments: dict[str, Any],
+        context: ToolContext,
+    ) -> ToolResult:
         for registry, names in self._registries(version):
             if name in names:
-                return registry.execute(name, arguments)
+                return registry.execute(name, arguments, context)
         return ToolResult(
             content=f"tool {name!r} is not available to agent {version.ref}", is_error=True
         )

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from celeriac.clock import aware
 from celeriac.errors import NotFound
 from celeriac.pricing import nanos_to_usd
-from celeriac.store import Database, Run, Step
+from celeriac.store import Database, Run, Step, Thread
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -51,6 +51,10 @@ def step_document(step: Step) -> dict[str, Any]:
     if step.kind == "tool":
         doc["arguments"] = step.arguments
         doc["output"] = (step.output or {}).get("content")
+    elif step.kind == "summary":
+        # What was folded (the first ``covers`` messages of the thread) and into what.
+        doc["arguments"] = step.arguments
+        doc["output"] = (step.output or {}).get("summary")
     return doc
 
 
@@ -81,8 +85,51 @@ def run_document(run: Run, steps: list[Step]) -> dict[str, Any]:
         "updated_at": _iso(run.updated_at),
         "finished_at": _iso(run.finished_at),
         "version": run.version,
+        "thread_id": run.thread_id,
         "steps": [step_document(s) for s in ordered],
     }
+
+
+def _usage(runs: list[Run]) -> dict[str, Any]:
+    return {
+        "input_tokens": sum(r.input_tokens for r in runs),
+        "output_tokens": sum(r.output_tokens for r in runs),
+        "cost_usd": nanos_to_usd(sum(r.cost_nanos for r in runs)),
+    }
+
+
+def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> dict[str, Any]:
+    """A thread's turns (its tasks, in order), with usage and cost each and in all."""
+    with db.reader() as s:
+        thread = s.get(Thread, thread_id)
+        if thread is None or (tenant is not None and thread.tenant != tenant):
+            raise NotFound(f"no thread {thread_id!r}")
+        runs = list(
+            s.scalars(select(Run).where(Run.thread_id == thread_id).order_by(Run.thread_seq))
+        )
+        return {
+            "thread_id": thread.id,
+            "created_at": _iso(thread.created_at),
+            "updated_at": _iso(thread.updated_at),
+            "usage": _usage(runs),
+            "turns": [
+                {
+                    "task_id": r.id,
+                    "status": r.status,
+                    "input": r.input,
+                    "result": r.result,
+                    "error": (
+                        {"code": r.error_code, "message": r.error_message}
+                        if r.error_code and r.status != "completed"
+                        else None
+                    ),
+                    "usage": _usage([r]),
+                    "created_at": _iso(r.created_at),
+                    "finished_at": _iso(r.finished_at),
+                }
+                for r in runs
+            ],
+        }
 
 
 def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> dict[str, Any]:

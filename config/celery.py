@@ -16,6 +16,7 @@ REAP = "celeriac.reap"
 CLEANUP = "celeriac.cleanup"
 WEBHOOK = "celeriac.webhook"
 WEBHOOK_SWEEP = "celeriac.webhook_sweep"
+REMEMBER = "celeriac.remember_run"
 
 
 def native_priorities(broker_url: str) -> bool:
@@ -65,7 +66,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
-            "reap-stale-steps": {"task": REAP, "schedule": 10.0, "options": {"queue": "high"}},
+            # A reap that waited long is dropped: while no worker consumes, beat's
+            # sends pile up, and a worker coming back would run them all (they
+            # queue behind nothing but busy threads, so a few periods is plenty).
+            "reap-stale-steps": {"task": REAP, "schedule": settings.reap_interval_s,
+                                 "options": {"queue": "high", "expires": max(
+                                     10.0, 3 * settings.reap_interval_s)}},
             "cleanup-old-runs": {"task": CLEANUP, "schedule": 3600.0, "options": {"queue": "low"}},
             "sweep-webhooks": {"task": WEBHOOK_SWEEP, "schedule": 30.0,
                                "options": {"queue": "default"}},

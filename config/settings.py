@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     # A running step's lease; a heartbeat renews it while its worker lives, so a
     # dead worker's step is taken back within about a lease plus a reaper period.
     step_lease_s: float = 20.0
+    # How often beat runs the reaper, which hands steps with an expired lease back.
+    reap_interval_s: float = 10.0
+    # A step taken back from a dead or hung worker more often than this is
+    # dead-lettered (a poison step must not kill workers forever).
+    max_recoveries: int = 5
+    # Failpoints, for chaos tests only: "before_call=0.1,after_call=0.1,..." makes a
+    # worker SIGKILL itself at those points (celeriac/failpoints.py). Never in production.
+    failpoints: str | None = None
+    # Extra tools, "module:factory,...": each factory takes the Settings and returns
+    # tools to register beside the built-ins (agents still list the ones they use).
+    extra_tools: str | None = None
     # JSON merged over config/limits.toml, e.g. {"gpt-4o-mini": {"rpm": 600}}.
     limits: str | None = None
     # JSON merged over config/budgets.toml, e.g. {"daily_usd": 1.0}.

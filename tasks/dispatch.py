@@ -20,7 +20,8 @@ def send_steps(app: Celery, steps: Iterable[Dispatch], db: Database | None = Non
     native = native_priorities(app.conf.broker_url)
     for step in steps:
         app.send_task(
-            LLM_STEP if step.kind == "llm" else TOOL_STEP,
+            # A summary step is an LLM call too.
+            TOOL_STEP if step.kind == "tool" else LLM_STEP,
             args=[step.step_id],
             task_id=step.step_id,
             queue=step.queue,

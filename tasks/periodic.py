@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+from celeriac import keys
 from celeriac.reaper import cleanup as cleanup_runs
 from celeriac.reaper import end_overdue_runs, settle_expired_reservations
 from celeriac.reaper import reap as reap_steps
@@ -12,11 +15,18 @@ from tasks.worker import app, services, settings
 
 @app.task(name=REAP, ignore_result=True)
 def reap() -> int:
-    dispatch = reap_steps(services().db)
-    send_steps(app, dispatch, services().db)
-    settle_expired_reservations(services().db, services().keeper)
-    for report in end_overdue_runs(services().db):
-        services().loop.announce(report)
+    redis = services().redis
+    held_s = max(1, math.ceil(settings.reap_interval_s))
+    if not redis.set(keys.REAPER_LOCK, "1", nx=True, ex=held_s):
+        return 0  # another worker is reaping right now
+    try:
+        dispatch = reap_steps(services().db)
+        send_steps(app, dispatch, services().db)
+        settle_expired_reservations(services().db, services().keeper)
+        for report in end_overdue_runs(services().db):
+            services().loop.announce(report)
+    finally:
+        redis.delete(keys.REAPER_LOCK)
     return len(dispatch)
 
 

@@ -46,6 +46,10 @@ class StepTask(Task):  # type: ignore[misc]
             countdown = min(MAX_COUNTDOWN_S, later.countdown_s)
             log.info("step_retry", step=step_id, reason=later.reason,
                      countdown_s=round(countdown, 3))
+            try:
+                loop.requeued(step_id, countdown)
+            except Exception as exc:  # the retry still goes out; only its watch is lost
+                log.warning("step_requeue_unrecorded", step=step_id, error=repr(exc))
             raise self.retry(countdown=countdown) from None
         except CeleriacError as exc:
             log.warning("step_failed", step=step_id, code=exc.code, error=exc.message)
@@ -65,6 +69,7 @@ class StepTask(Task):  # type: ignore[misc]
             services().metrics.count("duplicate_delivery", {"kind": kind, "outcome": outcome.note})
         if outcome.dispatch:
             send_steps(app, outcome.dispatch, services().db)
+        services().failpoints.hit("before_ack", step_id)
         return outcome.note
 
 

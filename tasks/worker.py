@@ -21,7 +21,7 @@ from config.tracing import configure_tracing
 settings = Settings()
 app = Celery("celeriac")
 app.conf.update(celery_config(settings))
-app.conf.include = ["tasks.steps", "tasks.periodic", "tasks.webhooks"]
+app.conf.include = ["tasks.steps", "tasks.periodic", "tasks.webhooks", "tasks.memory"]
 
 _services: Services | None = None
 
@@ -46,9 +46,12 @@ def services() -> Services:
     global _services
     if _services is None:
         _services = Services(settings)
-        from tasks.webhooks import enqueue_webhook  # imports this module: wire it late
+        # These import this module: wire them late.
+        from tasks.memory import enqueue_remember
+        from tasks.webhooks import enqueue_webhook
 
         _services.loop.on_webhook = enqueue_webhook
+        _services.loop.on_completed = enqueue_remember
     return _services
 
 

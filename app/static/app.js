@@ -104,6 +104,7 @@
     if ($("model").value.trim()) body.model = $("model").value.trim();
     for (const key of ["agent", "priority"]) if (!body[key]) delete body[key];
     if (!body.input.trim()) return showFormError("Please enter a message.", "input");
+    if ($("continue").checked && thread) body.thread_id = thread;
     const button = $("submit");
     button.disabled = true;
     button.textContent = "Submitting…";
@@ -113,6 +114,7 @@
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
       });
+      setThread(data.thread_id);
       watch(data.task_id, data.status);
       refreshRecent();
     } catch (err) {
@@ -121,6 +123,15 @@
       button.disabled = false;
       button.textContent = "Submit";
     }
+  }
+
+  // The conversation the next message may continue: the last task shown.
+  let thread = null;
+  function setThread(id) {
+    if (!id || id === thread) return;
+    thread = id;
+    $("continue").disabled = false;
+    $("thread-hint").textContent = "Thread " + id.slice(0, 8) + "…: tick to send the next message on it.";
   }
 
   // ---- following a task -----------------------------------------------------
@@ -226,6 +237,7 @@
       current.version = doc.version;
     }
     current.status = doc.status;
+    setThread(doc.thread_id);
     const terminal = TERMINAL.has(doc.status);
     setBadge($("status"), doc.status);
     const pct = Math.max(0, Math.min(100, Math.round(Number(doc.progress) || 0)));
@@ -258,6 +270,9 @@
       if (s.kind === "tool") {
         details.append(block("arguments", JSON.stringify(s.arguments ?? {}, null, 2)));
         if (s.output != null) details.append(block("output", String(s.output)));
+      } else if (s.kind === "summary") {
+        // A context-window fold: what the older turns were folded into.
+        if (s.output != null) details.append(block("summary", String(s.output)));
       }
       if (s.error) details.append(el("p", { class: "step-error", text: `${s.error.code}: ${s.error.message}` }));
       const name = el("td", {}, el("span", { class: "mono", text: s.name }));

@@ -1,2 +1,3 @@
 """Limits that hold across every worker process and host: the rate limiter, the
-circuit breaker and provider pauses, all kept in Redis and changed atomically."""
+circuit breaker and provider feedback (slowdowns, pauses), all kept in Redis and
+changed atomically."""

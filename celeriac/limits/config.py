@@ -41,6 +41,14 @@ class Limits:
     fallback_after_wait_s: float = 20.0
     burst: int = 2
     tpm_burst_fraction: float = 0.1
+    # The grant -> arrival lag the pace leaves room for; a call that would leave more
+    # than half of it after its slot takes a new slot instead.
+    jitter_s: float = 0.8
+    # Provider feedback multiplies the pace by ``slowdown``; it recovers over recover_s.
+    slowdown: float = 0.9
+    recover_s: float = 60.0
+    # A 429 whose retry-after is at least this long also pauses the model for everyone.
+    pause_after_s: float = 10.0
     breaker: BreakerSettings = BreakerSettings()
     retries: RetrySettings = RetrySettings()
 
@@ -76,6 +84,10 @@ def load_limits(path: Path, override_json: str | None = None) -> Limits:
         fallback_after_wait_s=float(defaults.get("fallback_after_wait_s", 20.0)),
         burst=int(defaults.get("burst", 2)),
         tpm_burst_fraction=float(defaults.get("tpm_burst_fraction", 0.1)),
+        jitter_s=float(defaults.get("jitter_s", 0.8)),
+        slowdown=float(defaults.get("slowdown", 0.9)),
+        recover_s=float(defaults.get("recover_s", 60.0)),
+        pause_after_s=float(defaults.get("pause_after_s", 10.0)),
         breaker=BreakerSettings(**doc.get("breaker", {})),
         retries=RetrySettings(**doc.get("retries", {})),
     )

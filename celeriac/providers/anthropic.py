@@ -23,17 +23,8 @@ class AnthropicProvider:
         )
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "messages": request.messages,
-        }
-        if request.system:
-            kwargs["system"] = request.system
-        if request.tools:
-            kwargs["tools"] = request.tools
-        if request.headers:
-            kwargs["extra_headers"] = request.headers
+        kwargs = _prompt(request)
+        kwargs["max_tokens"] = request.max_tokens
         try:
             raw = self._client.messages.with_raw_response.create(**kwargs)
             message = raw.parse()
@@ -57,6 +48,26 @@ class AnthropicProvider:
             },
             request_id=raw.headers.get("request-id"),
         )
+
+
+    def count_tokens(self, request: LLMRequest) -> int | None:
+        """Anthropic's free counting endpoint: exact, and never billed."""
+        try:
+            return int(self._client.messages.count_tokens(**_prompt(request)).input_tokens)
+        except anthropic.AnthropicError as exc:
+            raise translate(exc, anthropic, self.name) from None
+
+
+def _prompt(request: LLMRequest) -> dict[str, Any]:
+    """The request's prompt as the SDK takes it, for a call and for a count alike."""
+    kwargs: dict[str, Any] = {"model": request.model, "messages": request.messages}
+    if request.system:
+        kwargs["system"] = request.system
+    if request.tools:
+        kwargs["tools"] = request.tools
+    if request.headers:
+        kwargs["extra_headers"] = request.headers
+    return kwargs
 
 
 def _block(block: Any) -> Block:

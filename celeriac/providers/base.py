@@ -56,3 +56,8 @@ class Provider(Protocol):
     def complete(self, request: LLMRequest) -> LLMResponse:
         """Make one call. Raises TransientProviderError or PermanentProviderError."""
         ...
+
+    def count_tokens(self, request: LLMRequest) -> int | None:
+        """The prompt's input tokens by the provider's own count, or None where the
+        SDK offers no way to count (the caller estimates instead)."""
+        ...

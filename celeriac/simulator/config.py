@@ -26,12 +26,16 @@ class SimConfig:
     timeout_s: float = 30.0  # how long the "timeout" fault holds a request
     require_key: str | None = None  # when set, the only API key accepted
     log_path: str | None = None  # JSON-lines copy of the request log
+    # Refuse prompts whose input tokens plus max_tokens exceed this, as providers do
+    # ("prompt is too long"); 0 means no limit. One window for every model.
+    context_window: int = 0
 
     def __post_init__(self) -> None:
         _check_number("latency_ms", self.latency_ms, upper=600_000)
         _check_int("rpm", self.rpm)
         _check_number("fault_rate", self.fault_rate, upper=1.0)
         _check_int("seed", self.seed, lower=None)
+        _check_int("context_window", self.context_window)
         _check_number("retry_after_s", self.retry_after_s, upper=3600)
         _check_number("timeout_s", self.timeout_s, upper=3600)
         for name in ("require_key", "log_path"):

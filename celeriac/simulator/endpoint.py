@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ from celeriac.simulator.state import SimState
 from celeriac.simulator.wire import Wire
 
 STEP_HEADER = "x-celeriac-step"
+SLOT_HEADER = "x-celeriac-slot"
 
 
 class _HangUp(Exception):
@@ -40,6 +42,7 @@ async def model_call(
         path=request.path,
         request_id=f"req_{uuid.uuid4().hex[:24]}",
         step=request.headers.get(STEP_HEADER),
+        slot=_slot(request.headers.get(SLOT_HEADER)),
     )
     headers = [(wire.request_id_header, entry.request_id)]
     try:
@@ -78,6 +81,12 @@ async def _answer(
         entry.input_tokens = tokens.input_tokens(conversation)
         return {"input_tokens": entry.input_tokens}
 
+    if config.context_window:
+        wanted = tokens.input_tokens(conversation) + (conversation.max_tokens or 0)
+        if wanted > config.context_window:
+            raise SimError(
+                400, f"prompt is too long: {wanted} tokens > {config.context_window} maximum"
+            )
     faults = RequestFaults.resolve(request.headers, config)
     if faults.forced == TIMEOUT:
         entry.fault = "forced"
@@ -105,6 +114,14 @@ def _injected(status: int, faults: RequestFaults, origin: str) -> SimError:
     retry_after = faults.retry_after_s if status == 429 else None
     message = f"Simulated {status} ({origin} fault injected by the simulator)"
     return SimError(status, message, retry_after_s=retry_after, fault=origin)
+
+
+def _slot(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _json(body: bytes) -> Any:

@@ -29,6 +29,9 @@ class LogEntry:
     input_tokens: int = 0
     output_tokens: int = 0
     fault: str | None = None  # "forced" | "random" | "rpm" when the error was injected
+    # The x-celeriac-slot header: when the caller's rate limiter granted this call
+    # (unix time), so arrival - slot is the grant -> arrival lag.
+    slot: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,12 +3,16 @@ conversation alone, so the same request always gets the same answer.
 
 The script reads the latest user message that has text, then, in this order:
 
+0. "Summarize the conversation" at its start: a summary that keeps every line the
+   user wrote, so facts survive a context-window fold;
 1. "[loop]" in it: call ``calculator`` with "1 + 1" again, forever (to test max_steps);
 2. tool results for calls made since: a final answer that quotes every result;
 3. arithmetic in it: one ``calculator`` call per expression, in one reply;
 4. a question about the time or date: call ``current_time``;
 5. "docs: ..." or "search the docs ...": call ``search_docs``;
-6. anything else: "You said: <text>".
+6. "[recall:REGEX]": answer with the first match of REGEX (its first group if it
+   has one) in any earlier message, so a test proves earlier turns were sent;
+7. anything else: "You said: <text>".
 
 A tool is only called when the request offers it.
 """
@@ -35,6 +39,9 @@ _TIME_QUESTION = re.compile(
     r"\b(what time|the time|current time|today['\u2019]?s date|what date|what day)\b"
 )
 _DOCS_PHRASE = "search the docs"
+_RECALL_DIRECTIVE = re.compile(r"\[recall:(.+?)\]")
+_SUMMARIZE_PHRASE = "Summarize the conversation"
+_SUMMARY_CHARS = 2000
 _ECHO_CHARS = 200
 _RESULT_CHARS = 1000
 
@@ -75,6 +82,8 @@ def _decide(conv: Conversation) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     anchor = next((i for i in reversed(range(len(conv.turns))) if _is_user_text(conv, i)), -1)
     text = conv.turns[anchor].text.strip() if anchor >= 0 else ""
     lowered = text.lower()
+    if text.startswith(_SUMMARIZE_PHRASE):
+        return _summary(text), []
     if LOOP_MARKER in lowered:
         if conv.offers("calculator"):
             return "", [("calculator", {"expression": "1 + 1"})]
@@ -101,7 +110,33 @@ def _decide(conv: Conversation) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     query = _docs_query(text)
     if query is not None and conv.offers("search_docs"):
         return "", [("search_docs", {"query": query})]
+    recall = _RECALL_DIRECTIVE.search(text)
+    if recall:
+        return _recall(conv, anchor, recall.group(1)), []
     return f"You said: {_clip(text, _ECHO_CHARS)}", []
+
+
+def _recall(conv: Conversation, anchor: int, pattern: str) -> str:
+    try:
+        wanted = re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return f"I cannot search for {pattern!r}: not a valid pattern."
+    for index, turn in enumerate(conv.turns[: anchor + 1]):
+        # The asking message itself may carry a summary of what came before it.
+        text = _RECALL_DIRECTIVE.sub("", turn.text) if index == anchor else turn.text
+        texts = [text, *(result.content for result in turn.tool_results)]
+        for text in texts:
+            found = wanted.search(text or "")
+            if found:
+                return f"From earlier: {found.group(1) if found.groups() else found.group(0)}"
+    return "I have no record of that in this conversation."
+
+
+def _summary(text: str) -> str:
+    """Keep the user's lines (where the facts are) and the summary it builds on."""
+    lines = text.splitlines()[1:]
+    kept = [line.strip() for line in lines if line.startswith(("User:", "Summary:"))]
+    return _clip("Summary: " + " | ".join(kept), _SUMMARY_CHARS)
 
 
 def _is_user_text(conv: Conversation, index: int) -> bool:

@@ -2,6 +2,6 @@
 production). It is the source of truth; broker messages carry only step ids."""
 
 from celeriac.store.database import Database
-from celeriac.store.schema import Base, LedgerEntry, Run, Step
+from celeriac.store.schema import Base, LedgerEntry, Run, Step, Thread
 
-__all__ = ["Base", "Database", "LedgerEntry", "Run", "Step"]
+__all__ = ["Base", "Database", "LedgerEntry", "Run", "Step", "Thread"]

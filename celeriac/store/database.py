@@ -1,6 +1,7 @@
 """Engine and session factory, with the SQLite settings that make it safe for
 several processes (WAL, a busy timeout, and write transactions that take the lock
-up front so two writers never deadlock on a lock upgrade)."""
+up front so two writers never deadlock on a lock upgrade), and the lock that
+migrations run under."""
 
 from __future__ import annotations
 
@@ -10,16 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
-from celeriac.store.schema import Base
+from celeriac.store import migrate
+
+# Every process migrates at start-up; the first takes the lock, the others wait for
+# it and then find the schema at head. On SQLite the wait is the busy timeout of the
+# migrating connection, so it is long enough for a migration that copies a table.
+MIGRATION_LOCK_ID = 4242001  # pg_advisory_xact_lock key
+MIGRATION_WAIT_S = 600
 
 
 class Database:
     def __init__(self, url: str, *, echo: bool = False):
         parsed = make_url(url)
+        self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._in_memory = self.is_sqlite and parsed.database in (None, "", ":memory:")
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
@@ -38,15 +48,45 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        """Create missing tables. Every process calls this at start-up; on PostgreSQL
-        an advisory lock keeps two of them from racing on the same CREATE TABLE."""
-        if self.is_sqlite:
-            Base.metadata.create_all(self.engine)
+    def create_schema(self) -> str | None:
+        """Upgrade the schema to the newest migration (creating it in an empty
+        database, adopting one made before migrations existed). Every process calls
+        this at start-up; see ``celeriac.store.migrate``. Returns the revision it
+        started from."""
+        with self._migration_lock() as conn:
+            return migrate.upgrade(conn)
+
+    def schema_revision(self) -> str | None:
+        """The database's migration revision (None: empty, or never migrated)."""
+        with self.engine.connect() as conn:
+            return migrate.current(conn)
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        """One transaction that holds the migration lock until it commits: a
+        PostgreSQL advisory lock, or SQLite's write lock (BEGIN IMMEDIATE). Both
+        have transactional DDL, so a failed upgrade changes nothing."""
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+                yield conn
             return
-        with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            Base.metadata.create_all(conn)
+        if self._in_memory:  # one process, and the engines must share the database
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        # A connection of its own, thrown away afterwards: foreign keys off (a batch
+        # migration that copies `runs` must not cascade-delete its steps when it
+        # drops the old table) and a long busy timeout (see MIGRATION_WAIT_S).
+        engine = create_engine(self.url, poolclass=NullPool,
+                               connect_args={"timeout": MIGRATION_WAIT_S})
+        _configure_sqlite(engine, immediate=True, foreign_keys=False,
+                          busy_timeout_ms=MIGRATION_WAIT_S * 1000)
+        try:
+            with engine.begin() as conn:
+                yield conn
+        finally:
+            engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -81,7 +121,9 @@ class Database:
         self.read_engine.dispose()
 
 
-def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
+def _configure_sqlite(
+    engine: Engine, *, immediate: bool, foreign_keys: bool = True, busy_timeout_ms: int = 30000
+) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, issue BEGIN (see "begin" below).
@@ -89,8 +131,8 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -43,6 +43,10 @@ class Run(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The conversation this task continues, and its place in it (1, 2, ...): a task
+    # starts only when every earlier task of its thread has ended.
+    thread_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    thread_seq: Mapped[int] = mapped_column(default=0)
     steps_done: Mapped[int] = mapped_column(default=0)
     # Tool steps of the current turn still outstanding: the join counter.
     pending_tools: Mapped[int] = mapped_column(default=0)
@@ -66,6 +70,23 @@ class Run(Base):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class Thread(Base):
+    """A conversation: the tasks submitted with its id, in order, are its turns.
+
+    The turns themselves are not copied here: they are the completed tasks' steps,
+    so there is one copy of every message and nothing to keep in step."""
+
+    __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_tenant_updated", "tenant", "updated_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    # Tasks submitted on the thread so far: the next one gets turns + 1 as thread_seq.
+    turns: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Step(Base):
@@ -124,11 +145,13 @@ class LedgerEntry(Base):
     __table_args__ = (
         Index("ix_ledger_day_tenant", "day", "tenant"),
         Index("ix_ledger_day_model", "day", "model"),
+        UniqueConstraint("step_id", name="uq_ledger_step_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    step_id: Mapped[str] = mapped_column(String(64), index=True)
-    # One row per paid call: a step that was (rarely) executed twice was paid twice.
+    # One row per step: a step pays for one answer. A rerun after its worker died
+    # records the journaled answer (celeriac.journal) instead of paying again.
+    step_id: Mapped[str] = mapped_column(String(64))
     reservation_id: Mapped[str] = mapped_column(String(160), unique=True)
     run_id: Mapped[str] = mapped_column(String(32), index=True)
     tenant: Mapped[str] = mapped_column(String(64))
@@ -156,3 +179,31 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class MemoryChunk(Base):
+    """A passage of a finished turn and its embedding, for the recall tool.
+
+    Keyed by run so that remembering a run again (a redelivered task) replaces its
+    passages instead of doubling them. Not tied to ``runs`` by a foreign key: what a
+    tenant said is meant to be recalled after the run itself is cleaned up.
+    """
+
+    __tablename__ = "memory_chunks"
+    __table_args__ = (
+        UniqueConstraint("tenant", "run_id", "seq", name="uq_memory_run_seq"),
+        Index("ix_memory_tenant_model", "tenant", "model"),
+        Index("ix_memory_tenant_thread", "tenant", "thread_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    thread_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(64))  # the embedder that made the vector
+    # float32, little-endian, the embedder's dimensions: portable across SQLite and
+    # PostgreSQL without an extension (see celeriac/memory/index.py).
+    embedding: Mapped[bytes]  # LargeBinary: BLOB on SQLite, bytea on PostgreSQL
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

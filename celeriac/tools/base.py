@@ -46,10 +46,29 @@ class ToolSpec:
         }
 
 
+@dataclass(frozen=True)
+class ToolContext:
+    """Who is calling a tool. The step id is stable across redeliveries of the same
+    step, so a tool with side effects uses :attr:`idempotency_key` to do its effect
+    once even when a worker dies after the effect and before the step is recorded."""
+
+    tenant: str
+    run_id: str
+    step_id: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.step_id
+
+
+# For a tool run outside any agent step (the CLI, tests, a REPL).
+DETACHED = ToolContext(tenant="default", run_id="detached", step_id="detached")
+
+
 class Tool(Protocol):
     spec: ToolSpec
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> str:
         """Run with schema-valid arguments; raise ToolError with a message for the model."""
         ...
 
@@ -58,6 +77,9 @@ class Tool(Protocol):
 class ToolResult:
     content: str
     is_error: bool
+    # The step's error code when is_error: "tool_error", or "tool_timeout" when the
+    # tool ran past its time limit. None means "tool_error".
+    code: str | None = None
 
 
 class ToolRegistry:
@@ -101,14 +123,16 @@ class ToolRegistry:
         """Provider-ready specs for the named tools; an unknown name raises ToolError."""
         return [self.get(name).spec.to_dict() for name in names]
 
-    def execute(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+    def execute(
+        self, name: str, arguments: Mapping[str, Any], context: ToolContext = DETACHED
+    ) -> ToolResult:
         """Validate and run one tool call. Never raises: every failure is an error result."""
         try:
             tool = self.get(name)
             problem = self._invalid(name, arguments)
             if problem is not None:
                 return ToolResult(f"invalid arguments for {name}: {problem}", is_error=True)
-            output = tool.run(dict(arguments))
+            output = tool.run(dict(arguments), context)
         except ToolError as exc:
             return ToolResult(self._cap(f"{name} failed: {exc.message}"), is_error=True)
         except Exception as exc:

@@ -36,7 +36,7 @@ from mcp_types import Tool as ListedTool
 from pydantic import ValidationError
 
 from celeriac.errors import ToolError
-from celeriac.tools.base import Tool, ToolSpec
+from celeriac.tools.base import DETACHED, Tool, ToolContext, ToolSpec
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ class McpTool:
         self._server = server
         self._timeout_s = timeout_s
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext = DETACHED) -> str:
         async def call(client: Client) -> CallToolResult:
             return await client.call_tool(self.remote_name, arguments)
 

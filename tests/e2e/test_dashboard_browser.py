@@ -343,3 +343,24 @@ def test_form_runs_a_calculation(stack: Stack, live_url: str, browser: Any) -> N
         assert watched.errors == []
     finally:
         watched.close()
+
+
+def test_form_continues_a_conversation(stack: Stack, live_url: str, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    watched = Watched(browser)
+    page = watched.page
+    try:
+        page.goto(f"{live_url}/")
+        expect(page.locator("#continue")).to_be_disabled()
+        page.fill("#input", "Please remember this: the door code is 2468.")
+        page.click("#submit")
+        expect(page.locator("#status")).to_have_text("completed", timeout=60_000)
+        page.check("#continue")
+        page.fill("#input", r"What was the door code? [recall:door code is (\d+)]")
+        page.click("#submit")
+        expect(page.locator("#result")).to_have_text("From earlier: 2468", timeout=60_000)
+        screenshot(page, "form-thread.png")
+        assert watched.errors == []
+    finally:
+        watched.close()

@@ -3,7 +3,6 @@ versions with traffic weights, pinning, and explicit agent@version."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ import redis
 from flask import Flask
 
 from app import create_app
-from config.settings import CONFIG_DIR
 from tests.conftest import settings_from, stack_env
+from tests.support.config import config_with_agents
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import PROJECT_DIR, RedisServer, WorkerProcess, start_worker
 
@@ -55,10 +54,7 @@ def configured(redis_server: RedisServer, simulator: Any,
                tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[tuple[Flask, WorkerProcess, Path]]:
     tmp = tmp_path_factory.mktemp("agents")
-    config = tmp / "config"
-    shutil.copytree(CONFIG_DIR, config, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    with (config / "agents.toml").open("a") as fh:
-        fh.write(EXTRA_AGENTS)
+    config = config_with_agents(tmp / "config", EXTRA_AGENTS)
     redis_url = redis_server.url(CONFIG_DB)
     redis.Redis.from_url(redis_url).flushdb()
     env = stack_env(redis_url, f"sqlite:///{tmp / 'store.db'}", simulator.url)

@@ -162,12 +162,14 @@ def test_openapi_describes_every_route_from_the_request_schema(api: FlaskClient)
     doc = api.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     for path in ("/agent/run", "/agent/status/{task_id}", "/agent/events/{task_id}",
-                 "/agent/cancel/{task_id}", "/agent/tasks", "/healthz", "/readyz"):
+                 "/agent/cancel/{task_id}", "/agent/tasks", "/agent/threads/{thread_id}",
+                 "/healthz", "/readyz"):
         assert path in doc["paths"], path
     run_schema = doc["components"]["schemas"]["RunRequest"]
     assert run_schema["required"] == ["input"]
     assert set(run_schema["properties"]) == {
-        "input", "agent", "model", "priority", "budget_usd", "webhook_url", "metadata"
+        "input", "agent", "model", "priority", "budget_usd", "webhook_url", "metadata",
+        "thread_id",
     }
 
 

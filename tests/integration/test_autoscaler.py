@@ -160,6 +160,10 @@ def test_the_probe_reads_depth_pauses_and_rising_waits(redis_server: RedisServer
         assert probe.rate_limited(4.0) is False  # 0.5 waits/s
         client.set(keys.provider_pause("m"), "1", px=10_000)
         assert probe.rate_limited(6.0) is True  # paused, whatever the waits
+        client.delete(keys.provider_pause("m"))
+        assert probe.rate_limited(8.0) is False
+        client.hset(keys.provider_slowdown("m"), mapping={"f": "0.9", "at": "1"})
+        assert probe.rate_limited(10.0) is True  # slowed down by provider feedback
     finally:
         client.flushdb()
 

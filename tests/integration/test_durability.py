@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,7 +23,7 @@ from celeriac.store import Step
 from config.celery import LLM_STEP
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import status, submit, wait_terminal
-from tests.support.services import PROJECT_DIR, RedisServer, start_worker, worker_env
+from tests.support.services import RedisServer, start_beat, start_worker
 from tests.support.waiting import wait_for
 
 DURABILITY_DB = 7
@@ -39,12 +37,7 @@ def crashy(redis_server: RedisServer, simulator: Any, tmp_path: Path
     env = stack_env(redis_url, f"sqlite:///{tmp_path / 'store.db'}", simulator.url)
     env["CELERIAC_STEP_LEASE_S"] = "6"
     app = create_app(settings_from(env), configure_logs=False)
-    with (tmp_path / "beat.log").open("wb") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "beat",
-             "--schedule", str(tmp_path / "beat-schedule"), "-l", "INFO"],
-            cwd=PROJECT_DIR, env=worker_env(env), stdout=log, stderr=subprocess.STDOUT,
-        )
+    beat = start_beat(env, tmp_path)
     try:
         yield app, env, tmp_path
     finally:
@@ -142,5 +135,37 @@ def test_a_task_past_its_wall_clock_limit_is_ended(crashy: Any) -> None:
         ended = wait_terminal(client, stuck, timeout=60)  # by the reaper (beat)
         assert ended["status"] == "failed" and ended["error"]["code"] == "deadline_exceeded"
         assert "wall-clock limit" in ended["error"]["message"]
+    finally:
+        worker.stop()
+
+
+def test_a_step_whose_retry_died_with_its_worker_is_sent_again(crashy: Any) -> None:
+    """A retry's countdown lives in one worker's memory (unacknowledged until Celery's
+    one-hour visibility timeout). The store records when the retried step is due, and
+    the reaper sends a pending step well past that again, instead of waiting an hour."""
+    app, env, tmp = crashy
+    celery = app.extensions["celeriac"].queue.celery
+    client = app.test_client()
+    services = app.extensions["celeriac"].services
+    task_id = submit(client, {"input": "What is 6 * 7?"})
+    step_id = f"{task_id}-0-llm"
+    # A retry records when the step is due: its countdown from now.
+    services.loop.requeued(step_id, 20)
+    with services.db.reader() as s:
+        step = s.get(Step, step_id)
+        assert step is not None and step.sent_at is not None
+        due_in = (step.sent_at.replace(tzinfo=utcnow().tzinfo) - utcnow()).total_seconds()
+    assert 15 < due_in <= 20
+    # Now as if the worker holding that retry had died: the message is gone, and the
+    # step was due 40 s ago after one delivery.
+    celery.control.purge()
+    with services.db.session() as s:
+        step = s.get(Step, step_id)
+        assert step is not None
+        step.deliveries, step.sent_at = 1, utcnow() - timedelta(seconds=40)
+    worker = start_worker(env, tmp, ping=celery, concurrency=2)
+    try:
+        doc = wait_terminal(client, task_id, timeout=60)
+        assert doc["status"] == "completed" and "42" in doc["result"]
     finally:
         worker.stop()

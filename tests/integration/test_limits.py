@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from celeriac.calling import exhausted_for
+from celeriac import keys
+from celeriac.cache import ResponseCache
+from celeriac.calling import Caller, exhausted, exhausted_for
+from celeriac.catalog import ModelSpec, Price
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import BreakerSettings, Limits, ModelLimits
-from celeriac.limits.ratelimit import RateLimiter
+from celeriac.limits.ratelimit import Grant, RateLimiter
+from celeriac.providers.base import LLMRequest
+from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
 from celeriac.retry import RetryPolicy
+from celeriac.simulator import start_in_thread
 from tests.support.services import RedisServer
 
 LIMITS_DB = 10
@@ -53,12 +60,13 @@ def test_limiter_paces_calls_across_processes(redis_server: RedisServer,
     times = sorted(out.get(timeout=60) for _ in range(3 * per_process))
     for p in procs:
         p.join(10)
-    # Any one-second window holds at most the pace (597/min ~ 9.95/s) plus the burst.
+    # Any one-second window holds at most the pace (589/min ~ 9.8/s) plus the burst.
+    per_s = RateLimiter(r, Limits(burst=2)).pace_rpm(rpm) / 60
     window = 1.0
     worst = max(sum(1 for t in times if start <= t < start + window) for start in times)
     assert worst <= 10 + 2 + 1, worst
-    # And the pace is used: 45 calls need about (45 - 3) / 9.95 s, not much more.
-    assert times[-1] - times[0] < (len(times) - 3) / 9.95 + 1.5
+    # And the pace is used: 45 calls need about (45 - 3) / 9.8 s, not much more.
+    assert times[-1] - times[0] < (len(times) - 3) / per_s + 1.5
 
 
 def test_limiter_refuses_long_waits_without_reserving(r: redis.Redis) -> None:
@@ -130,13 +138,15 @@ def test_breaker_opens_on_error_rate_with_minimum_volume(r: redis.Redis) -> None
     assert breaker.record("m", ok=False) == "open"  # 6 of 10 > 50%
 
 
-def test_exhausted_headers_become_pauses() -> None:
+def test_exhausted_headers_are_read() -> None:
     assert exhausted_for({"x-ratelimit-remaining-requests": "0",
                           "x-ratelimit-reset-requests": "1.5s"}) == pytest.approx(1.5)
     assert exhausted_for({"x-ratelimit-remaining-tokens": "0",
                           "x-ratelimit-reset-tokens": "1m30s"}) == pytest.approx(90)
     assert exhausted_for({"x-ratelimit-remaining-requests": "5",
                           "x-ratelimit-reset-requests": "1.5s"}) == 0
+    assert exhausted({"anthropic-ratelimit-tokens-remaining": "0"})
+    assert not exhausted({"anthropic-ratelimit-tokens-remaining": "12"})
     pause = exhausted_for({
         "anthropic-ratelimit-requests-remaining": "0",
         "anthropic-ratelimit-requests-reset": time.strftime(
@@ -169,3 +179,108 @@ def test_a_half_open_trial_that_never_reports_does_not_lock_the_circuit(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert breaker.record("m", ok=True) == "closed"
+
+
+def _spacing(grants: list[Grant]) -> list[float]:
+    return [round(b.slot_s - a.slot_s, 3) for a, b in itertools.pairwise(grants)]
+
+
+def test_feedback_slows_the_pace_rather_than_stopping_calls(r: redis.Redis) -> None:
+    limits = Limits(models={"m": ModelLimits(rpm=600)}, burst=0, jitter_s=0,
+                    slowdown=0.5, recover_s=1.5)
+    limiter = RateLimiter(r, limits)
+    other_worker = RateLimiter(redis.Redis(connection_pool=r.connection_pool), limits)
+    interval = 60 / limiter.pace_rpm(600)  # 599 per minute: ~0.1 s
+    before = [limiter.acquire("m", 1, max_wait_s=10) for _ in range(3)]
+    assert _spacing(before) == [pytest.approx(interval, abs=0.002)] * 2
+    assert limiter.slow_down("m") == 0.5
+    # A second report of the same overload (calls granted before the cut) does not cut
+    # again: one cut per wait_in_place_s.
+    assert other_worker.slow_down("m") == pytest.approx(0.5, abs=0.05)
+    assert other_worker.paused_for("m") == 0  # nobody is stopped...
+    after = [other_worker.acquire("m", 1, max_wait_s=10) for _ in range(4)]
+    assert all(g.granted and g.wait_s < 1.0 for g in after)
+    # ...every worker goes at half the pace (the first slot was reserved at the old one).
+    assert _spacing(after)[1:] == [pytest.approx(2 * interval, rel=0.1)] * 2
+    # The pace climbs back, linearly, to the full rate over recover_s.
+    deadline = time.monotonic() + 5
+    while limiter.pace_factor("m") < 1.0:
+        assert time.monotonic() < deadline, limiter.pace_factor("m")
+        time.sleep(0.05)
+    r.delete(keys.rate_bucket("m", "rpm"))
+    again = [limiter.acquire("m", 1, max_wait_s=10) for _ in range(3)]
+    assert _spacing(again) == [pytest.approx(interval, abs=0.002)] * 2
+
+
+def test_headroom_covers_the_burst_and_the_jitter_allowance(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, Limits(burst=2, jitter_s=0.8))
+    # 600 RPM: the burst (2 + 1) and 0.8 s of calls (8) below the limit.
+    assert limiter.pace_rpm(600) == 589
+    assert limiter.pace_rpm(60) == 60 - 3 - 1
+    assert limiter.pace_rpm(3) == 1
+
+
+def _caller(r: redis.Redis, limits: Limits, sleep: Callable[[float], None]) -> Caller:
+    return Caller(providers=ProviderRegistry({}), limiter=RateLimiter(r, limits),
+                  breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
+                  limits=limits, sleep=sleep)
+
+
+def test_a_call_that_wakes_too_late_for_its_slot_takes_a_fresh_one(r: redis.Redis) -> None:
+    limits = Limits(models={"m": ModelLimits(rpm=600)}, burst=0, jitter_s=0.4)
+    stalls = [0.5]  # the first wake-up comes 0.5 s late (a stalled process), then none
+
+    def stalled_sleep(seconds: float) -> None:
+        time.sleep(seconds + (stalls.pop() if stalls else 0.0))
+
+    caller = _caller(r, limits, stalled_sleep)
+    RateLimiter(r, limits).acquire("m", 1, max_wait_s=0)  # someone holds the first slot
+    grant = caller._take_slot("m", 1)
+    assert grant.granted
+    # It did not go out 0.5 s after its slot, bunched with later calls: it took the next
+    # free slot after waking, and the missed one stayed spent.
+    assert time.time() - grant.slot_s < 0.2
+    assert grant.wait_s > 0.5
+
+
+def test_a_call_late_again_and_again_is_requeued(r: redis.Redis) -> None:
+    limits = Limits(models={"m": ModelLimits(rpm=600)}, burst=0, jitter_s=0.2)
+    others = RateLimiter(r, limits)
+
+    def stalled_sleep(seconds: float) -> None:
+        time.sleep(seconds + 0.15)  # wakes 0.15 s late, every time...
+        for _ in range(3):  # ...while other workers keep taking the slots ahead
+            others.acquire("m", 1, max_wait_s=10)
+
+    others.acquire("m", 1, max_wait_s=0)
+    grant = _caller(r, limits, stalled_sleep)._take_slot("m", 1)
+    # Re-queued (countdown 0) rather than sent late.
+    assert not grant.granted and grant.wait_s == 0
+
+
+def test_a_200_showing_nothing_left_slows_the_pace_instead_of_pausing(r: redis.Redis) -> None:
+    # The simulator at 2 RPM: the second call fills its window and its 200 says
+    # "requests remaining 0, reset in ~60 s" (fully replenished). That used to pause the
+    # model for every worker for the whole minute (the bench's 59 s stall).
+    simulator = start_in_thread(rpm=2)
+    try:
+        limits = Limits(models={"m": ModelLimits(rpm=600)})
+        # Priced: the caller prices every answer (it journals the cost with it).
+        model = ModelSpec(id="m", provider="anthropic", context_window=200_000,
+                          max_output_tokens=1024, price=Price(1.0, 5.0, 1.25, 0.1))
+        providers = ProviderRegistry({"anthropic": ProviderEndpoint("sim-key", simulator.url)})
+        caller = Caller(providers=providers, limiter=RateLimiter(r, limits),
+                        breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
+                        limits=limits)
+        request = LLMRequest(model="m", system="", max_tokens=16, tools=[],
+                             messages=[{"role": "user", "content": "hi"}])
+        for _ in range(2):
+            served = caller.call([model], 0, lambda _model: request)
+        assert served.response.rate_headers["anthropic-ratelimit-requests-remaining"] == "0"
+        limiter = RateLimiter(r, limits)
+        assert limiter.paused_for("m") == 0
+        assert limiter.pace_factor("m") == pytest.approx(limits.slowdown, abs=0.01)
+        # Each call carried its slot, as the simulator logged.
+        assert all(e["slot"] and 0 <= e["ts"] - e["slot"] < 5 for e in simulator.log())
+    finally:
+        simulator.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from app import create_app
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import (
-    PROJECT_DIR,
     free_port,
     redis_answers,
+    start_beat,
     start_worker,
-    worker_env,
 )
 from tests.support.waiting import wait_for
 
@@ -71,12 +69,7 @@ def test_tasks_survive_a_redis_restart(private_redis: PrivateRedis, simulator: A
                           concurrency=4)
     # The reaper (beat) re-sends steps whose messages died with the connection: a
     # retry published while Redis was down, a step acknowledged mid-outage.
-    with (tmp_path / "beat.log").open("wb") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "beat",
-             "--schedule", str(tmp_path / "beat-schedule"), "-l", "INFO"],
-            cwd=PROJECT_DIR, env=worker_env(env), stdout=log, stderr=subprocess.STDOUT,
-        )
+    beat = start_beat(env, tmp_path)
     try:
         slow = {"simulator": {"latency_ms": 800}}
         ids = [submit(client, {"input": f"What is {i} * 2?", "metadata": slow})

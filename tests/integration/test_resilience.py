@@ -16,10 +16,13 @@ from flask import Flask
 
 from app import create_app
 from celeriac import keys
+from celeriac.limits.config import Limits
+from celeriac.limits.ratelimit import RateLimiter
 from celeriac.simulator import start_in_thread
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import RedisServer, WorkerProcess, start_worker
+from tests.support.waiting import wait_for
 
 RESILIENCE_DB = 15
 LIMITED_MODEL = "claude-sonnet-4-20250514"
@@ -65,8 +68,9 @@ def resilient(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(autouse=True)
 def _fresh_provider_state(resilient: Resilient) -> None:
-    """Each test starts with closed circuits, no pauses, an empty provider log."""
-    for pattern in ("breaker", "pause", "ratelimit"):
+    """Each test starts with closed circuits, no pauses or slowdowns, an empty
+    provider log."""
+    for pattern in ("breaker", "pause", "slow", "ratelimit"):
         stale = list(resilient.redis.scan_iter(f"{keys.PREFIX}:{pattern}:*"))
         if stale:
             resilient.redis.delete(*stale)
@@ -85,12 +89,15 @@ def test_limiter_holds_across_two_worker_processes(resilient: Resilient,
     assert len(calls) == 40
     assert [e["status"] for e in calls] == [200] * 40  # not one provider 429
     times = [e["ts"] for e in calls]
-    # Paced at (240 - 5) / 60 = 3.92 calls per second after a burst of 3: the 40 calls
-    # must take about 9.4 s at the provider (unpaced, they would arrive at once), and
-    # not much more (the pace is used). Arrival order carries scheduling jitter on a
-    # loaded machine, so the bounds allow 1.5 s either way; the provider's own rolling
-    # window (0 429s above) is the contract.
-    paced = (40 - 3) / ((240 - 5) / 60)
+    # Paced at 233 / 60 = 3.88 calls per second (240 less the burst and the jitter
+    # allowance) after a burst of 3: the 40 calls must take about 9.5 s at the
+    # provider (unpaced, they would arrive at once), and not much more (the pace is
+    # used). Arrival order carries scheduling jitter on a loaded machine, so the bounds
+    # allow 1.5 s either way; the provider's own rolling window (0 429s above) is the
+    # contract.
+    pace = RateLimiter(resilient.redis, Limits()).pace_rpm(LIMIT_RPM)
+    assert pace == 233
+    paced = (40 - 3) / (pace / 60)
     span = times[-1] - times[0]
     assert paced - 1.5 < span < paced + 2.0, span
     # Both worker processes took part.
@@ -131,6 +138,33 @@ def test_retry_after_is_honoured_then_the_chain_falls_back(resilient: Resilient)
     assert len(attempts) == 4
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap >= 1.9 for gap in gaps), gaps  # retry-after 2 s beats 0.2-0.8 s backoff
+
+
+def test_a_429_slows_the_model_for_every_worker_instead_of_stopping_it(
+    resilient: Resilient,
+) -> None:
+    # One task's calls are refused with retry-after 5 s (below pause_after_s, 10 s).
+    faults = {"models": {LIMITED_MODEL: {"fault": "429", "retry_after": "5"}}}
+    refused = submit(resilient.client, {"input": "Hi", "metadata": {"simulator": faults}})
+    first_429 = wait_for(
+        lambda: next((e for e in resilient.calls(refused) if e["status"] == 429), None),
+        timeout=30, what="the first 429",
+    )
+    ids = [submit(resilient.client, {"input": f"Hello {i}"}) for i in range(3)]
+    docs = [wait_terminal(resilient.client, task_id, timeout=60) for task_id in ids]
+    assert [d["status"] for d in docs] == ["completed"] * 3
+    others = [e for task_id in ids for e in resilient.calls(task_id)
+              if e["model"] == LIMITED_MODEL]
+    assert others and all(e["status"] == 200 for e in others)
+    # Not stopped: a pause for everyone would have held these calls until 5 s after
+    # the 429; they went out at once, on the same model...
+    assert min(e["ts"] for e in others) < first_429["ts"] + 4, (first_429, others)
+    # ...at a slower pace, which every worker (and the API) sees.
+    view = next(m for m in resilient.client.get("/agent/providers").get_json()["models"]
+                if m["model"] == LIMITED_MODEL)
+    assert view["paused_for_s"] == 0
+    assert 0.5 <= view["pace_factor"] < 1.0  # x0.9 per cut, one cut per 5 s
+    wait_terminal(resilient.client, refused, timeout=60)
 
 
 @pytest.mark.parametrize(

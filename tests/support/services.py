@@ -172,3 +172,14 @@ def start_worker(
 
         wait_for(answered, timeout=60, interval=0.2, what=f"worker {name} to answer ping")
     return worker
+
+
+def start_beat(env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """A real Celery beat (the reaper's clock), logging to ``log_dir/beat.log``;
+    the caller terminates it."""
+    with (log_dir / "beat.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat",
+             "--schedule", str(log_dir / "beat-schedule"), "-l", "INFO"],
+            cwd=PROJECT_DIR, env=worker_env(env), stdout=log, stderr=subprocess.STDOUT,
+        )

@@ -447,7 +447,9 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
     assert len(stages) >= 2
     assert dockerfile_user_id() != 0
     builder_runs = " ".join(args for keyword, args in stages[0] if keyword == "RUN")
-    assert re.search(r"pip install (\S+ )*\.(\s|$)", builder_runs), "builder must pip install ."
+    assert re.search(r"pip install (\S+ )*'?\.(\[[a-z,]+\])?'?(\s|$)", builder_runs), (
+        "builder must pip install . (with extras or not)"
+    )
 
 
 def test_dockerfile_runtime_stage() -> None:

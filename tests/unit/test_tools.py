@@ -10,6 +10,7 @@ import pytest
 
 from celeriac.errors import ToolError
 from celeriac.tools import MAX_OUTPUT_CHARS, ToolRegistry, ToolResult, ToolSpec, builtin_registry
+from celeriac.tools.base import ToolContext
 from celeriac.tools.builtins.docindex import DocIndex, split_sections, tokenize
 from celeriac.tools.mcp import qualified_name
 
@@ -31,7 +32,7 @@ class FakeTool:
         self.behaviour = behaviour
         self.calls: list[dict[str, Any]] = []
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> str:
         self.calls.append(arguments)
         if isinstance(self.behaviour, BaseException):
             raise self.behaviour

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.errors import ToolError
-from celeriac.tools.base import ToolSpec
+from celeriac.tools.base import ToolContext, ToolSpec
 
 Number = int | float
 
@@ -66,7 +66,7 @@ class Calculator:
         },
     )
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> str:
         expression = str(arguments["expression"])
         tree = _parse(expression)
         value = _evaluate(tree.body, depth=0)

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celeriac.errors import ToolError
-from celeriac.tools.base import ToolSpec
+from celeriac.tools.base import ToolContext, ToolSpec
 
 Clock = Callable[[], datetime]
 
@@ -43,7 +43,7 @@ class CurrentTime:
     def __init__(self, clock: Clock | None = None):
         self._clock = clock or utc_now
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> str:
         name = str(arguments.get("timezone") or "UTC").strip() or "UTC"
         zone = _zone(name)
         now = self._clock()

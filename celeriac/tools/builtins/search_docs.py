@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from celeriac.errors import ToolError
-from celeriac.tools.base import ToolSpec
+from celeriac.tools.base import ToolContext, ToolSpec
 from celeriac.tools.builtins.docindex import DocIndex
 
 DEFAULT_LIMIT = 3
@@ -48,7 +48,7 @@ class SearchDocs:
         self._docs_dir = docs_dir
         self._index: DocIndex | None = None
 
-    def run(self, arguments: dict[str, Any]) -> str:
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> str:
         query = str(arguments["query"])
         limit = int(arguments.get("limit", DEFAULT_LIMIT))
         hits = self._load().search(query, limit)
