@@ -151,13 +151,16 @@ class AgentLoop:
     def _claim_in_transaction(
         self, step_id: str
     ) -> tuple[_Claim | None, Outcome, RunReport | None]:
-        now = utcnow()
         with self.db.session() as s:
             step = s.get(Step, step_id, with_for_update=True)
             if step is None:
                 return None, Outcome("missing"), None
             run = s.get(Run, step.run_id, with_for_update=True)
             assert run is not None
+            # Read the clock once the locks are held: a claim that waited behind
+            # another transaction must not date itself before that one committed
+            # (a run's started_at would precede the finish that made room for it).
+            now = utcnow()
             step.deliveries += 1
             if step.status == "completed":
                 # Redelivered after the outcome was recorded: only make sure the
@@ -194,6 +197,9 @@ class AgentLoop:
                 # Turns of one conversation never interleave: wait for the earlier ones.
                 return None, Outcome("deferred", reason="thread_busy"), None
             if run.status == "queued" and self.tenant_max_running > 0:
+                # Two runs of one tenant starting at once must not both see room
+                # under the cap: serialize starts per tenant (SQLite already does).
+                self.db.serialize(s, f"tenant-start:{run.tenant}")
                 running = s.scalar(
                     select(func.count())
                     .select_from(Run)
@@ -202,6 +208,7 @@ class AgentLoop:
                 if running >= self.tenant_max_running:
                     # The tenant is at its cap: this run waits its turn, queued.
                     return None, Outcome("deferred", reason="tenant_at_capacity"), None
+                now = utcnow()  # admitted now, after every finish the count saw
             step.status = "running"
             step.started_at = step.started_at or now
             step.lease_until = now + self.lease

@@ -112,6 +112,14 @@ class Database:
             # attributes, so detached objects stay readable after the block.
             session.close()
 
+    def serialize(self, session: Session, name: str) -> None:
+        """Hold a lock named ``name`` until ``session``'s transaction ends, so that
+        transactions checking and then acting on a shared condition (a count, say)
+        run one after another. SQLite writers are already serialized by BEGIN
+        IMMEDIATE; PostgreSQL takes a transaction-scoped advisory lock."""
+        if not self.is_sqlite:
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
