@@ -35,6 +35,8 @@ class RunReport:
     latency_s: float
     error_code: str | None = None
     webhook_url: str | None = None
+    thread_id: str | None = None
+    thread_seq: int = 0
 
 
 class Observer(Protocol):

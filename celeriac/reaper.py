@@ -20,8 +20,8 @@ from sqlalchemy import delete, or_, select, update
 
 from celeriac.budget.keeper import BudgetKeeper
 from celeriac.budget.ledger import ledger_cost
+from celeriac.claims import Dispatch, deadline_error, finish_run
 from celeriac.clock import aware, utcnow
-from celeriac.loop import Dispatch, deadline_error, finish_run
 from celeriac.observer import RunReport
 from celeriac.priority import QUEUES, priority_from_level
 from celeriac.store import Database, Run, Step, Thread

@@ -175,6 +175,7 @@ class Services:
             lease_s=self.settings.step_lease_s,
             max_recoveries=self.settings.max_recoveries,
             tenant_max_running=self.settings.tenant_max_running,
+            thread_recheck_s=self.settings.thread_recheck_s,
             forward_simulator_headers=self.settings.simulated,
             journal=self.journal,
             failpoints=self.failpoints,

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # Runs one tenant may have running at once; more wait, queued and retried every
     # 2 s (0: no cap, the default: with a deep backlog the retries cost throughput).
     tenant_max_running: int = 0
+    # A turn queued behind a running turn of its thread starts when that one ends
+    # (the worker sends it); it also re-checks every this many seconds, in case that
+    # message was lost.
+    thread_recheck_s: float = 2.0
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
     # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host

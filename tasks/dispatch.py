@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from celeriac.loop import Dispatch
+from celeriac.claims import Dispatch
 from celeriac.queues import message_headers
 from celeriac.reaper import mark_sent
 from celeriac.store import Database

@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 from celery import Task
 
+from celeriac.claims import Outcome
 from celeriac.errors import CeleriacError
-from celeriac.loop import Outcome
 from celeriac.retry import RetryLater
 from config.celery import LLM_STEP, TOOL_STEP
 from tasks.dispatch import send_steps

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
+from celeriac.claims import Dispatch
 from celeriac.services import Services
 from config.celery import celery_config
 from config.logging import configure_logging
@@ -52,7 +53,15 @@ def services() -> Services:
 
         _services.loop.on_webhook = enqueue_webhook
         _services.loop.on_completed = enqueue_remember
+        _services.loop.send_next_turn = _send_next_turn
     return _services
+
+
+def _send_next_turn(step: Dispatch) -> None:
+    from tasks.dispatch import send_steps
+
+    assert _services is not None
+    send_steps(app, [step], _services.db)
 
 
 def _secrets() -> list[str]:

@@ -91,6 +91,9 @@ def stack_env(redis_url: str, database_url: str, simulator_url: str) -> dict[str
         "CELERIAC_SIMULATOR_URL": simulator_url,
         "CELERIAC_CONFIG_DIR": str(CONFIG_DIR),
         "CELERIAC_LOG_LEVEL": "INFO",
+        # A turn queued behind its thread's running turn must be woken by that turn's
+        # end: in tests the safety-net re-check is too slow to pass for it.
+        "CELERIAC_THREAD_RECHECK_S": "60",
     }
 
 

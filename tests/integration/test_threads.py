@@ -12,7 +12,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from celeriac.auth import create_key
-from celeriac.store import Run
+from celeriac.steps import llm_step_id
+from celeriac.store import Run, Step
 from tests.conftest import Stack
 from tests.support.runs import wait_terminal
 
@@ -98,6 +99,27 @@ def test_turns_of_one_thread_run_one_at_a_time_in_order(stack: Stack) -> None:
         assert later[3] > earlier[3]
     doc = stack.client.get(f"/agent/threads/{thread_id}").get_json()
     assert [t["status"] for t in doc["turns"]] == ["completed"] * 5
+
+
+def test_a_turn_waiting_for_its_thread_starts_as_soon_as_the_turn_before_ends(
+    stack: Stack,
+) -> None:
+    # The stack's turns re-check their thread only every 60 s (conftest), so only the
+    # wake-up sent by the ending turn can start the second turn within the deadline.
+    assert stack.settings.thread_recheck_s == 60
+    first = run_on(stack, "Start a slow thread.",
+                   metadata={"simulator": {"latency_ms": 1500}})
+    second = run_on(stack, "And follow it up.", first["thread_id"])
+    assert wait_terminal(stack.client, first["task_id"])["status"] == "completed"
+    assert wait_terminal(stack.client, second["task_id"], timeout=30)["status"] == "completed"
+    services = stack.app.extensions["celeriac"].services
+    with services.db.reader() as s:
+        earlier, later = s.get(Run, first["task_id"]), s.get(Run, second["task_id"])
+        assert earlier is not None and later is not None
+        assert _aware(later.started_at) >= _aware(earlier.finished_at)
+        # It did wait: its first delivery found the first turn running.
+        waited = s.get(Step, llm_step_id(later.id, 0))
+        assert waited is not None and waited.deliveries >= 2, waited
 
 
 def test_a_thread_is_visible_only_to_its_tenant(api: FlaskClient) -> None:
