@@ -124,9 +124,13 @@ def claim_step(
                 step.status, step.finished_at = "failed", now
                 step.error_code, step.error_message = error
                 return None, Outcome("dead_letter"), finish_run(run, now, "failed", error=error)
-        if run.status == "queued" and run.thread_seq > 1 and thread_busy(s, run):
-            # Turns of one conversation never interleave: wait for the earlier ones.
-            return None, Outcome("deferred", reason="thread_busy"), None
+        if run.status == "queued" and run.thread_seq > 1:
+            if thread_busy(s, run):
+                # Turns of one conversation never interleave: wait for the earlier ones.
+                return None, Outcome("deferred", reason="thread_busy"), None
+            # Under READ COMMITTED the check saw finishes committed after our clock
+            # was read: date the start after them.
+            now = utcnow()
         if run.status == "queued" and tenant_max_running > 0:
             # Two runs of one tenant starting at once must not both see room
             # under the cap: serialize starts per tenant (SQLite already does).

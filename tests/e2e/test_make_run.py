@@ -83,8 +83,12 @@ def test_make_run_serves_the_demo_and_stops_cleanly(system) -> None:  # type: ig
 
     doc = wait_for(finished, timeout=60, interval=0.2, what="the demo task")
     assert doc["status"] == "completed" and "391" in str(doc["result"])
-    metrics = httpx.get(f"http://127.0.0.1:{ports['exporter']}/metrics").text
-    assert 'agent_requests_total{intent="default",status="completed"} 1.0' in metrics
+    # The worker counts the run just after recording it: wait for the count.
+    wait_for(
+        lambda: 'agent_requests_total{intent="default",status="completed"} 1.0'
+        in httpx.get(f"http://127.0.0.1:{ports['exporter']}/metrics").text,
+        timeout=30, interval=0.2, what="the completed run in the exporter's metrics",
+    )
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{ports['flower']}/").status_code == 200,
              timeout=60, interval=0.5, what="flower")
     assert "simulated (no API key set)" in text

@@ -134,8 +134,8 @@ def scaler(redis_server: RedisServer, simulator: Any, tmp_path: Path) -> Iterato
 def _ready(scaler: Scaler, workers: int) -> None:
     celery = scaler.app.extensions["celeriac"].queue.celery
     wait_for(lambda: scaler.live_workers() == workers and scaler.gauge() == workers,
-             timeout=30, interval=0.1, what=f"{workers} autoscaled workers")
-    wait_for(lambda: len(celery.control.ping(timeout=0.5)) == workers, timeout=30,
+             timeout=60, interval=0.1, what=f"{workers} autoscaled workers")
+    wait_for(lambda: len(celery.control.ping(timeout=0.5)) == workers, timeout=60,
              interval=0.1, what="the workers to answer ping")
 
 
@@ -170,21 +170,37 @@ def test_the_probe_reads_depth_pauses_and_rising_waits(redis_server: RedisServer
 
 def test_a_backlog_scales_up_then_idle_scales_down_losing_nothing(scaler: Scaler) -> None:
     _ready(scaler, 1)
-    # A backlog of short tasks, then one slow task per worker slot at max size, behind
-    # them (low priority). Once the queue is empty, every slot holds one slow task: the
-    # scale-down that follows hits workers with calls in flight.
-    fast = [submit(scaler.client, {"input": f"Hello {i}", "metadata": {
-        "simulator": {"latency_ms": 300}}}) for i in range(80)]
+    celery = scaler.app.extensions["celeriac"].queue.celery
+    depth = Probe(scaler.redis, scaler.redis, rate_limit_waits_per_s=1.0).queue_depth
+    # A backlog of short tasks, kept deep until all three workers answer ping, however
+    # long they take to boot. Only then one slow task per worker slot at max size, behind
+    # them (low priority): once the queue is empty, every slot of the three workers holds
+    # one slow task, and the scale-down that follows hits workers with calls in flight.
+    fast: list[str] = []
+
+    def add_fast(n: int) -> None:
+        for _ in range(n):
+            fast.append(submit(scaler.client, {"input": f"Hello {len(fast)}", "metadata": {
+                "simulator": {"latency_ms": 300}}}))
+
+    def scaled_up_with_a_backlog() -> bool:
+        if depth() < 60:
+            add_fast(30)
+        return (scaler.gauge() == 3 and len(celery.control.ping(timeout=1.0)) == 3
+                and depth() >= 30)
+
+    add_fast(80)
+    wait_for(scaled_up_with_a_backlog, timeout=120, interval=0.1,
+             what="scale-up to 3 workers answering ping, with a backlog left")
     slow = [submit(scaler.client, {"input": f"Slow {i}", "priority": "low", "metadata": {
         "simulator": {"latency_ms": 4000}}}) for i in range(3 * CONCURRENCY)]
-    wait_for(lambda: scaler.gauge() == 3, timeout=30, interval=0.1, what="scale-up to 3")
     assert scaler.decisions("add", "queue_depth") >= 2
 
     # The first scale-down: at that moment all six slow calls are running, so each of
     # the three workers (two slots each) holds two of them.
     running_at_first_remove = wait_for(
         lambda: scaler.decisions("remove", "idle") >= 1 and scaler.statuses(slow),
-        timeout=60, interval=0.05, what="the first scale-down")
+        timeout=90, interval=0.05, what="the first scale-down")
     assert running_at_first_remove.get("running") == len(slow), running_at_first_remove
 
     # Back to the minimum, and every task completed: none lost, none left running.

@@ -33,7 +33,8 @@ def _calls_for(stack: Stack, run_id: str) -> list[dict[str, Any]]:
 def test_cancel_stops_a_running_task_before_its_next_step(stack: Stack) -> None:
     task_id = submit(
         stack.client,
-        {"input": "What is 6 * 7?", "metadata": {"simulator": {"latency_ms": 1500}}},
+        # Long enough that the cancel surely lands while the first call is in flight.
+        {"input": "What is 6 * 7?", "metadata": {"simulator": {"latency_ms": 5000}}},
     )
     wait_for(lambda: status(stack.client, task_id)["status"] == "running", timeout=30,
              what="task to start")
@@ -123,7 +124,8 @@ def _read_events(url: str, headers: dict[str, str] | None = None) -> list[dict[s
 def test_event_stream_reports_changes_and_resumes(stack: Stack, live_stack: str) -> None:
     task_id = submit(
         stack.client,
-        {"input": "What is 17 * 23?", "metadata": {"simulator": {"latency_ms": 300}}},
+        # Each call lasts 5 of the stream's 0.2 s polls, so the middle states are seen.
+        {"input": "What is 17 * 23?", "metadata": {"simulator": {"latency_ms": 1000}}},
     )
     events = _read_events(f"{live_stack}/agent/events/{task_id}")
     statuses = [e for e in events if e["event"] == "status"]

@@ -101,7 +101,7 @@ def test_failure_and_cancellation_are_posted_too(hooked: Any) -> None:
     failed = submit(client, {"input": "[loop] x", "webhook_url": receiver.url})
     wait_terminal(client, failed)
     slow = submit(client, {"input": "Hi", "webhook_url": receiver.url,
-                           "metadata": {"simulator": {"latency_ms": 1500}}})
+                           "metadata": {"simulator": {"latency_ms": 5000}}})
     wait_for(lambda: client.get(f"/agent/status/{slow}").get_json()["status"] == "running",
              timeout=30, what="the slow task to start")
     client.post(f"/agent/cancel/{slow}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import socket
@@ -593,7 +594,9 @@ def test_overdue_finds_lost_retries_and_crashed_attempts(db: Database) -> None:
     assert overdue(db, grace_s=-1) == [delivery_id]
     assert claim_attempt(db, delivery_id) is not None
     assert overdue(db, grace_s=0) == []  # leased: in flight
-    assert record_result(db, delivery_id, _result(False, True, 500)).status == "pending"
+    # A retry due in a minute: not overdue however slowly this test runs.
+    failed = dataclasses.replace(_result(False, True, 500), retry_after_s=60)
+    assert record_result(db, delivery_id, failed).status == "pending"
     assert overdue(db, grace_s=0) == []  # its retry is not due yet
     assert overdue(db, grace_s=-3600) == [delivery_id]
     assert claim_attempt(db, delivery_id) is not None

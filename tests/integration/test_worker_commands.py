@@ -29,6 +29,10 @@ from tests.support.waiting import wait_for
 
 COMMANDS_DB = 7
 SPARE_QUEUE = "spare"
+# How long a command waits for the workers' replies. The 1 s default is too short on a
+# loaded machine; naming the workers (-d) returns as soon as all of them answered, so a
+# long deadline costs time only for commands sent to every worker.
+REPLY_TIMEOUT = ["--timeout", "10"]
 
 
 @dataclass
@@ -96,25 +100,42 @@ def celeriac(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 
 
 def listed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           workers: Workers) -> dict[str, Any]:
+           workers: Workers) -> dict[str, Any] | None:
+    """``celeriac workers --json`` for both workers, or None if either did not reply in
+    time (ask again)."""
     # Naming both workers lets the command return as soon as both answered.
     code, out, err = celeriac(monkeypatch, capsys, workers.env, "workers", "--json",
-                              "-d", workers.auto.name, "-d", workers.fixed.name)
+                              "-d", workers.auto.name, "-d", workers.fixed.name,
+                              *REPLY_TIMEOUT)
+    if code == 1 and "no workers answered" in err:
+        return None
     assert code == 0, err
     found: dict[str, Any] = json.loads(out)
-    return found
+    return found if set(found) == {workers.auto.name, workers.fixed.name} else None
+
+
+def both_listed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                workers: Workers) -> dict[str, Any]:
+    return wait_for(lambda: listed(monkeypatch, capsys, workers), timeout=60, interval=0.2,
+                    what="both workers to reply to celeriac workers")
+
+
+def concurrency(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                workers: Workers, name: str) -> int | None:
+    found = listed(monkeypatch, capsys, workers)
+    return None if found is None else found[name]["concurrency"]
 
 
 def test_celery_inspect_active_queues_lists_the_three_queues(workers: Workers) -> None:
     done = run(workers.env, sys.executable, "-m", "celery", "-A", "tasks", "inspect",
-               "active_queues", "-d", workers.auto.name, "--json")
+               "active_queues", "-d", workers.auto.name, "--json", *REPLY_TIMEOUT)
     assert done.returncode == 0, done.stderr
     replies = json.loads(done.stdout.strip().splitlines()[-1])
     assert [q["name"] for q in replies[workers.auto.name]] == ["high", "default", "low"]
 
 
 def test_celeriac_workers_shows_each_worker_its_pool_and_queues(workers: Workers) -> None:
-    done = run(workers.env, celeriac_cli(), "workers")
+    done = run(workers.env, celeriac_cli(), "workers", *REPLY_TIMEOUT)
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()}
     assert set(lines) == {workers.auto.name, workers.fixed.name}
@@ -128,36 +149,44 @@ def test_celeriac_workers_shows_each_worker_its_pool_and_queues(workers: Workers
 def test_celery_autoscale_grows_the_pool_under_load(workers: Workers) -> None:
     celery = workers.app.extensions["celeriac"].queue.celery
 
-    def processes() -> int:
-        stats = celery.control.inspect(destination=[workers.auto.name], timeout=1).stats()
+    def processes() -> int | None:
+        """The pool's size, or None when the worker did not reply in time (ask again)."""
+        stats = celery.control.inspect(destination=[workers.auto.name], timeout=5,
+                                       limit=1).stats()
+        if not stats or workers.auto.name not in stats:
+            return None
         return int(stats[workers.auto.name]["autoscaler"]["current"])
 
-    assert processes() == 1
+    assert wait_for(processes, timeout=30, interval=0.2, what="the pool's size") == 1
     client = workers.app.test_client()
     ids = [submit(client, {"input": f"Hello {i}", "metadata": {
         "simulator": {"latency_ms": 2000}}}) for i in range(4)]
-    wait_for(lambda: processes() == 4, timeout=30, interval=0.2, what="the pool to grow to 4")
+    wait_for(lambda: processes() == 4, timeout=60, interval=0.2, what="the pool to grow to 4")
     for task_id in ids:
         assert wait_terminal(client, task_id, timeout=30)["status"] == "completed"
 
 
 def test_scale_add_and_remove_a_queue(workers: Workers, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "add-queue", "extra")
+    code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "add-queue", "extra",
+                              *REPLY_TIMEOUT)
     assert code == 0, err
     assert f"{workers.auto.name}: ok: add consumer extra" in out
     assert f"{workers.fixed.name}: ok: add consumer extra" in out
-    queues = {name: info["queues"] for name, info in listed(monkeypatch, capsys, workers).items()}
+    queues = {name: info["queues"]
+              for name, info in both_listed(monkeypatch, capsys, workers).items()}
     assert queues == {workers.auto.name: ["high", "default", "low", "extra"],
                       workers.fixed.name: [SPARE_QUEUE, "extra"]}
 
     code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "remove-queue",
-                              "extra", "--destination", workers.fixed.name)
+                              "extra", "--destination", workers.fixed.name, *REPLY_TIMEOUT)
     assert code == 0, err
     assert out.strip() == f"{workers.fixed.name}: ok: no longer consuming from extra"
-    code, _, err = celeriac(monkeypatch, capsys, workers.env, "scale", "remove-queue", "extra")
+    code, _, err = celeriac(monkeypatch, capsys, workers.env, "scale", "remove-queue", "extra",
+                            *REPLY_TIMEOUT)
     assert code == 0, err
-    queues = {name: info["queues"] for name, info in listed(monkeypatch, capsys, workers).items()}
+    queues = {name: info["queues"]
+              for name, info in both_listed(monkeypatch, capsys, workers).items()}
     assert queues == {workers.auto.name: ["high", "default", "low"],
                       workers.fixed.name: [SPARE_QUEUE]}
 
@@ -165,21 +194,22 @@ def test_scale_add_and_remove_a_queue(workers: Workers, monkeypatch: pytest.Monk
 def test_scale_grow_and_shrink_a_prefork_pool(workers: Workers, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     fixed = workers.fixed.name
-    code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "grow", "2", "-d", fixed)
+    code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "grow", "2", "-d", fixed,
+                              *REPLY_TIMEOUT)
     assert (code, out.strip()) == (0, f"{fixed}: ok: pool will grow"), err
-    wait_for(lambda: listed(monkeypatch, capsys, workers)[fixed]["concurrency"] == 3,
-             timeout=15, interval=0.2, what="the pool to grow to 3")
+    wait_for(lambda: concurrency(monkeypatch, capsys, workers, fixed) == 3,
+             timeout=60, interval=0.2, what="the pool to grow to 3")
     code, out, err = celeriac(monkeypatch, capsys, workers.env, "scale", "shrink", "2", "-d",
-                              fixed)
+                              fixed, *REPLY_TIMEOUT)
     assert (code, out.strip()) == (0, f"{fixed}: ok: pool will shrink"), err
-    wait_for(lambda: listed(monkeypatch, capsys, workers)[fixed]["concurrency"] == 1,
-             timeout=15, interval=0.2, what="the pool to shrink to 1")
+    wait_for(lambda: concurrency(monkeypatch, capsys, workers, fixed) == 1,
+             timeout=60, interval=0.2, what="the pool to shrink to 1")
 
 
 def test_scale_reports_a_refusal(workers: Workers, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = celeriac(monkeypatch, capsys, workers.env, "scale", "grow", "1", "-d",
-                            workers.auto.name)
+                            workers.auto.name, *REPLY_TIMEOUT)
     assert code == 1
     assert "not supported with autoscale" in err
 

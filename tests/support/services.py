@@ -170,7 +170,11 @@ def start_worker(
                 raise AssertionError(f"worker exited early:\n{worker.log()[-3000:]}")
             return bool(ping.control.ping(destination=[name], timeout=0.5))
 
-        wait_for(answered, timeout=60, interval=0.2, what=f"worker {name} to answer ping")
+        try:
+            wait_for(answered, timeout=60, interval=0.2, what=f"worker {name} to answer ping")
+        except BaseException:
+            worker.kill()  # a leaked worker would consume later tests' messages
+            raise
     return worker
 
 
