@@ -106,7 +106,11 @@ def claim_step(
             return None, Outcome("skipped"), None
         if step.status == "running" and step.lease_until and aware(step.lease_until) > now:
             return None, Outcome("busy"), None
-        if run.deadline_at is not None and aware(run.deadline_at) < now:
+        if (
+            run.status != "queued"
+            and run.deadline_at is not None
+            and aware(run.deadline_at) < now
+        ):
             step.status, step.finished_at = "failed", now
             error = deadline_error(run)
             step.error_code, step.error_message = error
@@ -153,6 +157,11 @@ def claim_step(
         if run.status == "queued":
             run.status = "running"
             run.started_at = now
+            if run.deadline_at is not None:
+                # The wall-clock limit counts from the start: time spent queued behind
+                # a backlog, a tenant's cap or an earlier turn of the thread is not the
+                # task running away (submission dated it from creation).
+                run.deadline_at = now + (aware(run.deadline_at) - aware(run.created_at))
             log.info("agent_started", run_id=run.id, agent=run.agent, model=run.model)
         touch(run, now)
         claim = Claim(
@@ -225,7 +234,8 @@ def successors(s: Session, step: Step) -> list[Dispatch]:
 
 
 def deadline_error(run: Run) -> tuple[str, str]:
-    limit = (aware(run.deadline_at) - aware(run.created_at)).total_seconds()  # type: ignore[arg-type]
+    start = run.started_at or run.created_at
+    limit = (aware(run.deadline_at) - aware(start)).total_seconds()  # type: ignore[arg-type]
     return (
         "deadline_exceeded",
         f"the task ran past its wall-clock limit of {limit:.0f} s (max_duration_s)",

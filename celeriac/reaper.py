@@ -194,7 +194,8 @@ def end_overdue_runs(db: Database, *, grace_s: float = 30.0, limit: int = 200) -
     with db.session() as s:
         overdue = s.scalars(
             select(Run)
-            .where(Run.status.not_in(TERMINAL_STATUSES))
+            # A queued run's limit has not started (it counts from admission).
+            .where(Run.status == "running")
             .where(Run.deadline_at < now - timedelta(seconds=grace_s))
             .limit(limit)
         ).all()

@@ -127,6 +127,9 @@ def test_a_task_past_its_wall_clock_limit_is_ended(crashy: Any) -> None:
     with db.session() as s:
         late_run = s.get(Run, late)
         assert late_run is not None
+        # Started, and past its limit before its next step: that step refuses to run.
+        # (A queued run's limit has not started yet: it counts from admission.)
+        late_run.status, late_run.started_at = "running", late_run.created_at
         late_run.deadline_at = utcnow() - timedelta(seconds=1)
     worker = start_worker(env, tmp, ping=app.extensions["celeriac"].queue.celery,
                           concurrency=2)

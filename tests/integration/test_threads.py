@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -165,3 +165,29 @@ def _aware(moment: datetime | None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.now().astimezone().tzinfo)
 
 
+
+
+def test_time_spent_waiting_for_the_thread_does_not_count_against_the_limit(
+    stack: Stack,
+) -> None:
+    """The wall-clock limit counts from a task's start: a turn queued behind a slow
+    turn of its thread for longer than its own limit still runs, and then its limit
+    holds from the moment it started."""
+    first = run_on(stack, "Start a slow thread.", metadata={"simulator": {"latency_ms": 3000}})
+    second = run_on(stack, "And follow it up.", first["thread_id"])
+    services = stack.app.extensions["celeriac"].services
+    limit = timedelta(seconds=1)
+    with services.db.session() as s:
+        run = s.get(Run, second["task_id"])
+        assert run is not None and run.status == "queued"
+        run.deadline_at = _aware(run.created_at) + limit  # a 1 s limit, set while it waits
+    assert wait_terminal(stack.client, first["task_id"])["status"] == "completed"
+    done = wait_terminal(stack.client, second["task_id"], timeout=60)
+    assert done["status"] == "completed", done
+    with services.db.reader() as s:
+        later = s.get(Run, second["task_id"])
+        assert later is not None
+        waited = _aware(later.started_at) - _aware(later.created_at)
+        assert waited > limit, waited  # it did wait longer than its limit...
+        # ...and its limit was moved to count from its start.
+        assert _aware(later.deadline_at) - _aware(later.started_at) == limit
