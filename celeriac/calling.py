@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 import structlog
 from opentelemetry import trace
@@ -43,7 +42,7 @@ from celeriac.failpoints import NO_FAILPOINTS, Failpoints
 from celeriac.journal import JournaledCall, StepJournal
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import Limits
-from celeriac.limits.ratelimit import Grant, RateLimiter
+from celeriac.limits.ratelimit import Grant, RateLimiter, RequestExceedsTPM
 from celeriac.pricing import cost_nanos, price_of
 from celeriac.providers.base import LLMRequest, LLMResponse, Provider
 from celeriac.providers.registry import ProviderRegistry
@@ -149,7 +148,12 @@ class Caller:
                     continue
                 reservation = held
             tokens = estimate_input_tokens(request) + request.max_tokens
-            grant = self._take_slot(model.id, tokens)
+            try:
+                grant = self._take_slot(model.id, tokens)
+            except RequestExceedsTPM as exc:  # permanent: the loop fails the step
+                if gate is not None and reservation is not None:
+                    gate.release(reservation)
+                raise CallFailed(exc, model, index, 0.0, reason) from None
             if not grant.granted:
                 if gate is not None and reservation is not None:
                     gate.release(reservation)
@@ -275,58 +279,16 @@ def estimate_input_tokens(request: LLMRequest) -> int:
     return math.ceil(size / 3) + 16
 
 
-_REMAINING_RESET = (
-    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
-    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
-    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+# The reset times beside these headers are when the window is *fully* replenished (up
+# to a minute away), not when the next call fits: exhaustion slows the pace instead.
+_REMAINING = (
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
 )
 
 
 def exhausted(headers: dict[str, str]) -> bool:
     """Whether rate-limit headers say nothing is left (requests or tokens)."""
-    return any(headers.get(remaining, "").strip() == "0" for remaining, _ in _REMAINING_RESET)
-
-
-def exhausted_for(headers: dict[str, str]) -> float:
-    """When rate-limit headers say nothing is left: seconds until they say the limit
-    is fully replenished (both providers' ``reset``), else 0. Not a pause: for a
-    rolling window or a token bucket that is up to a minute, while the next single
-    request may be accepted a fraction of a second later."""
-    pause = 0.0
-    for remaining, reset in _REMAINING_RESET:
-        value = headers.get(remaining)
-        if value is None or value.strip() != "0":
-            continue
-        pause = max(pause, _reset_seconds(headers.get(reset, "")))
-    return pause
-
-
-def _reset_seconds(raw: str) -> float:
-    """Anthropic sends an RFC 3339 time; OpenAI a duration like "1.5s" or "6m0s"."""
-    raw = raw.strip()
-    if not raw:
-        return 1.0
-    if raw[0].isdigit() and ("T" in raw or raw.count("-") >= 2):
-        try:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-        except ValueError:
-            return 1.0
-    total, number = 0.0, ""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
-    i = 0
-    while i < len(raw):
-        ch = raw[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif raw[i:i + 2] == "ms":
-            total += float(number or 0) / 1000
-            number, i = "", i + 1
-        elif ch in units:
-            total += float(number or 0) * units[ch]
-            number = ""
-        i += 1
-    if number:
-        total += float(number)
-    return total
+    return any(headers.get(name, "").strip() == "0" for name in _REMAINING)

@@ -17,6 +17,13 @@ so the caller can stamp it on the request and the provider side can measure the 
 If the wait would exceed ``max_wait_s`` nothing is reserved and the wait is
 returned, so the caller can re-queue the step or fall back to another model.
 
+A call weighing more tokens than the burst allows (``tpm_burst_fraction`` of the TPM)
+would never fit: its wait, measured from an empty bucket, never shrinks, and the step
+was re-queued with it until the run's time ran out. Such a call goes once the bucket
+owes nothing and leaves its excess as debt, which the calls after it wait out, so the
+long-run rate still holds. One heavier than the whole TPM a provider refuses outright,
+so it is refused here too (:class:`RequestExceedsTPM`), before it waits at all.
+
 Provider feedback (a 429, exhausted rate-limit headers) *slows* a model for every
 worker: its pace factor is cut (x ``slowdown``, at most once per ``wait_in_place_s``)
 and climbs back linearly over ``recover_s`` (AIMD). Stopping every worker until the
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from celeriac import keys
+from celeriac.errors import PermanentProviderError
 from celeriac.limits.config import Limits
 
 # KEYS: pause, slowdown, then one bucket per limit. ARGV: max wait, recover_s (µs),
@@ -67,6 +75,9 @@ for j = 1, n do
   if tat < now then tat = now end
   tats[j] = tat
   local allow_at = tat + (units - 1) * interval - tolerance
+  -- A call larger than the burst could never fit within the tolerance: it goes once
+  -- the bucket owes nothing (tat <= its start) and leaves the rest as debt.
+  if allow_at > tat then allow_at = tat end
   if allow_at > start then start = allow_at end
 end
 local wait = start - now
@@ -143,6 +154,18 @@ def paced_rpm(limits: Limits, rpm: int) -> int:
     return max(1, rpm - headroom)
 
 
+class RequestExceedsTPM(PermanentProviderError):
+    """One call's estimated tokens exceed the model's whole tokens per minute: no wait
+    makes room for it (a provider rejects such a request), so it fails at once."""
+
+    code = "request_exceeds_tpm_limit"
+
+    def __init__(self, model: str, tokens: int, tpm: int):
+        super().__init__(f"a call to {model} is estimated at {tokens} tokens (prompt and "
+                         f"max_tokens), more than its limit of {tpm} tokens per minute")
+        self.model, self.tokens, self.tpm = model, tokens, tpm
+
+
 @dataclass(frozen=True)
 class Grant:
     granted: bool
@@ -173,6 +196,8 @@ class RateLimiter:
             burst = self.limits.burst
             buckets.append((keys.rate_bucket(model, "rpm"), interval, burst * interval, 1))
         if limit.tpm > 0 and tokens > 0:
+            if tokens > limit.tpm:
+                raise RequestExceedsTPM(model, tokens, limit.tpm)
             interval = 60 * _US / limit.tpm
             tolerance = limit.tpm * self.limits.tpm_burst_fraction * interval
             buckets.append((keys.rate_bucket(model, "tpm"), interval, tolerance, tokens))
@@ -182,6 +207,8 @@ class RateLimiter:
         return max(1, int(self.limits.recover_s * _US))
 
     def acquire(self, model: str, tokens: int, *, max_wait_s: float) -> Grant:
+        """Reserve the next slot for a call of ``tokens`` (estimated) to ``model``.
+        Raises :class:`RequestExceedsTPM` when ``tokens`` alone exceed its TPM."""
         buckets = self._buckets(model, tokens)
         argv: list[float | int] = [int(max_wait_s * _US), self._recover_us()]
         for _key, interval, tolerance, units in buckets:

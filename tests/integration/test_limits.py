@@ -13,11 +13,12 @@ import redis
 
 from celeriac import keys
 from celeriac.cache import ResponseCache
-from celeriac.calling import Caller, exhausted, exhausted_for
+from celeriac.calling import Caller, CallFailed, exhausted
 from celeriac.catalog import ModelSpec, Price
+from celeriac.errors import TransientProviderError
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import BreakerSettings, Limits, ModelLimits
-from celeriac.limits.ratelimit import Grant, RateLimiter
+from celeriac.limits.ratelimit import Grant, RateLimiter, RequestExceedsTPM
 from celeriac.providers.base import LLMRequest
 from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
 from celeriac.retry import RetryPolicy
@@ -97,6 +98,83 @@ def test_token_limit_reserves_then_settles(r: redis.Redis) -> None:
     assert limiter.acquire("m", 100, max_wait_s=0).granted
 
 
+# 60 000 TPM is 1 000 tokens a second, with a burst (10%) of 6 000 tokens, or 6 s.
+BIG_TPM = 60_000
+
+
+def test_an_idle_bucket_grants_a_call_larger_than_the_burst_at_once(r: redis.Redis) -> None:
+    # A third of the TPM, over five times the burst: measured from an empty bucket its
+    # wait used to be 20 - 6 = 14 s, every time it asked, so its step was re-queued with
+    # the same wait until the run's time ran out.
+    limiter = RateLimiter(r, Limits(models={"m": ModelLimits(tpm=BIG_TPM)}))
+    grant = limiter.acquire("m", 20_000, max_wait_s=5)
+    assert grant.granted and grant.wait_s == 0
+    # It left 20 s of debt: the next big call waits for all of it (less the time this
+    # test took between the two calls), a small one for all but the burst.
+    again = limiter.acquire("m", 20_000, max_wait_s=0)
+    assert not again.granted and 15 < again.wait_s <= 20
+    small = limiter.acquire("m", 100, max_wait_s=0)
+    assert not small.granted and 9 < small.wait_s <= 20 - 6 + 0.1
+
+
+def test_calls_larger_than_the_burst_keep_to_the_tpm_in_the_long_run(r: redis.Redis) -> None:
+    # Big and small calls, their slots reserved ahead without sleeping. A provider counts
+    # tokens in a bucket holding one minute's worth, refilled at the TPM: no slot may
+    # find it short of the call's tokens.
+    limiter = RateLimiter(r, Limits(models={"m": ModelLimits(tpm=BIG_TPM)}))
+    sizes = [20_000, 500, 45_000, 30_000, 2_000, 60_000, 25_000, 1_000]
+    grants = [limiter.acquire("m", n, max_wait_s=600) for n in sizes]
+    assert all(g.granted for g in grants)
+    rate = BIG_TPM / 60
+    level, at = float(BIG_TPM), grants[0].slot_s
+    for n, g in sorted(zip(sizes, grants, strict=True), key=lambda p: p[1].slot_s):
+        level = min(float(BIG_TPM), level + (g.slot_s - at) * rate)
+        at = g.slot_s
+        assert level >= n - 1, (n, level)  # (1 token: slots are whole microseconds)
+        level -= n
+    # Over the whole span no more than the TPM (the last call's tokens go at its slot,
+    # so they count against the time after it) ...
+    span = grants[-1].slot_s - grants[0].slot_s
+    assert sum(sizes[:-1]) <= rate * span + 6_000 + 1
+    # ... and not much less either: the calls wait for their debt, not for a full minute.
+    assert rate * span <= sum(sizes[:-1]) + 1
+
+
+def test_a_call_larger_than_the_whole_tpm_is_refused_for_good(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, Limits(models={"m": ModelLimits(rpm=600, tpm=BIG_TPM)}))
+    with pytest.raises(RequestExceedsTPM) as refused:
+        limiter.acquire("m", BIG_TPM + 1, max_wait_s=600)
+    assert refused.value.code == "request_exceeds_tpm_limit"
+    assert str(BIG_TPM + 1) in refused.value.message and str(BIG_TPM) in refused.value.message
+    # Nothing was reserved, in either bucket: the next call goes at once.
+    assert r.get(keys.rate_bucket("m", "tpm")) is None
+    assert r.get(keys.rate_bucket("m", "rpm")) is None
+    assert limiter.acquire("m", BIG_TPM, max_wait_s=0).granted  # the whole TPM still fits
+
+
+def test_the_caller_fails_a_call_over_the_tpm_without_sending_it(r: redis.Redis) -> None:
+    simulator = start_in_thread()
+    try:
+        limits = Limits(models={"m": ModelLimits(tpm=1_000)})
+        model = ModelSpec(id="m", provider="anthropic", context_window=200_000,
+                          max_output_tokens=4096, price=Price(1.0, 5.0, 1.25, 0.1))
+        providers = ProviderRegistry({"anthropic": ProviderEndpoint("sim-key", simulator.url)})
+        caller = Caller(providers=providers, limiter=RateLimiter(r, limits),
+                        breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
+                        limits=limits)
+        request = LLMRequest(model="m", system="", max_tokens=2_000, tools=[],
+                             messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(CallFailed) as failed:
+            caller.call([model], 0, lambda _model: request)
+        # A permanent error with a stable code: the loop fails the step at once rather
+        # than re-queueing it for a wait that never ends.
+        assert failed.value.error.code == "request_exceeds_tpm_limit"
+        assert not isinstance(failed.value.error, TransientProviderError)
+        assert simulator.log() == []
+    finally:
+        simulator.stop()
+
+
 def test_pause_holds_every_caller(r: redis.Redis) -> None:
     limiter = RateLimiter(r, Limits())
     other_worker = RateLimiter(redis.Redis(connection_pool=r.connection_pool), Limits())
@@ -148,20 +226,14 @@ def test_breaker_opens_on_error_rate_with_minimum_volume(r: redis.Redis) -> None
 
 
 def test_exhausted_headers_are_read() -> None:
-    assert exhausted_for({"x-ratelimit-remaining-requests": "0",
-                          "x-ratelimit-reset-requests": "1.5s"}) == pytest.approx(1.5)
-    assert exhausted_for({"x-ratelimit-remaining-tokens": "0",
-                          "x-ratelimit-reset-tokens": "1m30s"}) == pytest.approx(90)
-    assert exhausted_for({"x-ratelimit-remaining-requests": "5",
-                          "x-ratelimit-reset-requests": "1.5s"}) == 0
+    assert exhausted({"x-ratelimit-remaining-requests": "0",
+                      "x-ratelimit-reset-requests": "1.5s"})
+    assert exhausted({"x-ratelimit-remaining-tokens": " 0 "})
+    assert not exhausted({"x-ratelimit-remaining-requests": "5",
+                          "x-ratelimit-reset-requests": "1.5s"})
     assert exhausted({"anthropic-ratelimit-tokens-remaining": "0"})
     assert not exhausted({"anthropic-ratelimit-tokens-remaining": "12"})
-    pause = exhausted_for({
-        "anthropic-ratelimit-requests-remaining": "0",
-        "anthropic-ratelimit-requests-reset": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10)),
-    })
-    assert 8 < pause <= 10
+    assert not exhausted({})
 
 
 def test_backoff_doubles_with_jitter_and_a_cap() -> None:
