@@ -2,6 +2,11 @@
 
 Rates and latency cover runs that finished in the last 24 hours; costs come from the
 ledger, so they agree with the status API and the usage report to the nano-dollar.
+
+Every figure about work (tasks, steps, tool and provider calls, costs) is the calling
+tenant's alone. What is shared by all tenants is shown as it is: broker queue depths,
+circuit states and rate-limit pauses, and the global daily cap, which can refuse this
+tenant's tasks too.
 """
 
 from __future__ import annotations
@@ -56,11 +61,11 @@ def dashboard_data(
     limiter: RateLimiter,
     keeper: BudgetKeeper,
     budgets: Budgets,
-    tenant: str | None,
+    tenant: str,
 ) -> dict[str, Any]:
     now = utcnow()
     since = now - timedelta(hours=24)
-    tenant_filter = Run.tenant == tenant if tenant else Run.id.is_not(None)
+    tenant_filter = Run.tenant == tenant
     with db.reader() as s:
         live: dict[str, int] = {
             status: int(n)
@@ -80,13 +85,13 @@ def dashboard_data(
         ]
         steps = list(s.execute(
             select(Step.kind, Step.name, Step.status, Step.error_code, Step.attempt_log)
-            .where(Step.finished_at >= since)
+            .join(Run, Run.id == Step.run_id)
+            .where(Step.finished_at >= since, tenant_filter)
         ).all())
         days = [(budgets.day(now) - timedelta(days=13 - i)).isoformat() for i in range(14)]
         cost_rows = dict(s.execute(
             select(LedgerEntry.day, func.sum(LedgerEntry.cost_nanos))
-            .where(LedgerEntry.day >= days[0])
-            .where(LedgerEntry.tenant == tenant if tenant else LedgerEntry.day >= days[0])
+            .where(LedgerEntry.day >= days[0], LedgerEntry.tenant == tenant)
             .group_by(LedgerEntry.day)).all())
     counts = Counter(status for status, _c, _f in finished)
     done = sum(counts.values())
@@ -125,7 +130,7 @@ def dashboard_data(
             for q in (queue_stats(broker) if broker is not None else [])
         ],
         "providers": _providers(catalog, steps, breaker, limiter),
-        "budgets": budget_summary(keeper, budgets, tenant or "default", now),
+        "budgets": budget_summary(keeper, budgets, tenant, now),
     }
 
 

@@ -1,5 +1,8 @@
 // Celeriac web form: submit a task, follow it over SSE (polling as fallback).
 // Server data is only ever inserted with textContent / text nodes, never innerHTML.
+// Every request carries the API key from apikey.js (window.celeriacKey), the event
+// stream too: EventSource cannot send an Authorization header, so the stream is read
+// with fetch instead.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -8,7 +11,7 @@
   const POLL_MS = 1000;
 
   let agents = [];
-  let current = null; // {id, gen, es, timer, version, status, ended}
+  let current = null; // {id, gen, stream, timer, version, status, ended}
   let gen = 0; // bumped whenever the followed task changes; stale callbacks compare it
 
   // ---- helpers -------------------------------------------------------------
@@ -45,9 +48,14 @@
 
   async function api(path, options = {}) {
     const res = await fetch(path, { cache: "no-store", ...options,
-      headers: { Accept: "application/json", ...(options.headers || {}) } });
+      headers: celeriacKey.headers({ Accept: "application/json", ...(options.headers || {}) }) });
     const body = await res.json().catch(() => null);
-    if (!res.ok) throw new ApiError(res.status, body);
+    if (!res.ok) {
+      const err = new ApiError(res.status, body);
+      if (res.status === 401) celeriacKey.refused(err.message);
+      throw err;
+    }
+    celeriacKey.accepted();
     return body;
   }
   const describeError = (err) => (err instanceof ApiError ? err.message : `Network error: ${err.message}`);
@@ -137,7 +145,7 @@
   // ---- following a task -----------------------------------------------------
   function stopWatching() {
     if (!current) return;
-    if (current.es) current.es.close();
+    if (current.stream) current.stream.abort();
     clearTimeout(current.timer);
     current = null;
   }
@@ -145,32 +153,81 @@
   function watch(taskId, initialStatus = "queued") {
     stopWatching();
     const myGen = ++gen;
-    current = { id: taskId, gen: myGen, es: null, timer: null, version: -1, status: null, ended: false };
+    current = { id: taskId, gen: myGen, stream: null, timer: null, version: -1, status: null, ended: false };
     resetTaskView(taskId, initialStatus);
     history.replaceState(null, "", "#task=" + encodeURIComponent(taskId));
     highlightRecent();
-    if (typeof EventSource === "undefined") return poll(myGen);
+    if (typeof ReadableStream === "undefined" || typeof TextDecoderStream === "undefined") return poll(myGen);
+    follow(myGen, null);
+  }
+
+  // One text/event-stream frame ("event: status\ndata: {...}") as {event, data, id}.
+  function parseFrame(frame) {
+    const out = { event: "message", data: [], id: null };
+    for (const line of frame.split("\n")) {
+      if (!line || line.startsWith(":")) continue; // comment / keep-alive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") out.event = value;
+      else if (field === "data") out.data.push(value);
+      else if (field === "id") out.id = value;
+    }
+    return { ...out, data: out.data.join("\n") };
+  }
+
+  // Reads GET /agent/events/<id> until its "end" event. A stream the server closed
+  // without one (it ends streams after 10 minutes) is reopened from the last event id;
+  // any failure falls back to polling, which reports errors itself.
+  async function follow(myGen, lastId) {
+    const ctrl = new AbortController();
+    current.stream = ctrl;
     setLive("Connecting…");
-    const es = new EventSource("/agent/events/" + encodeURIComponent(taskId));
-    current.es = es;
-    es.onopen = () => { if (myGen === gen) setLive("Live: streaming updates"); };
-    es.addEventListener("status", (e) => {
-      if (myGen === gen) try { render(JSON.parse(e.data)); } catch (err) { console.error("bad status event", err); }
-    });
-    es.addEventListener("end", () => {
+    const headers = celeriacKey.headers({ Accept: "text/event-stream" });
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    let ended = false;
+    try {
+      const res = await fetch("/agent/events/" + encodeURIComponent(current.id),
+        { cache: "no-store", headers, signal: ctrl.signal });
+      if (!res.ok || !res.body) throw new ApiError(res.status, await res.json().catch(() => null));
       if (myGen !== gen) return;
-      es.close();
-      current.es = null;
-      if (TERMINAL.has(current.status)) onTerminal(myGen);
-      else poll(myGen); // ended without a terminal document in hand: ask directly
-    });
-    es.onerror = () => {
-      if (myGen !== gen || current.es !== es) return;
-      es.close();
-      current.es = null;
+      setLive("Live: streaming updates");
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      while (!ended) {
+        const { value, done } = await reader.read();
+        if (done || myGen !== gen) break;
+        // CRLF or CR line ends become LF; a CR last in the chunk waits for the next
+        // chunk, which may begin with its LF.
+        buffer = (buffer + value).replace(/\r\n|\r(?!$)/g, "\n");
+        for (let cut = buffer.indexOf("\n\n"); cut >= 0 && !ended; cut = buffer.indexOf("\n\n")) {
+          const frame = parseFrame(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+          if (frame.id) lastId = frame.id;
+          if (frame.event === "end") ended = true;
+          else if (frame.event === "status") {
+            try { render(JSON.parse(frame.data)); } catch (err) { console.error("bad status event", err); }
+          }
+        }
+      }
+      ctrl.abort(); // done with this response either way
+    } catch (err) {
+      if (myGen !== gen || ctrl.signal.aborted) return; // stopped watching
+      if (err instanceof ApiError && err.status === 401) {
+        celeriacKey.refused(err.message);
+        return setLive(`Stopped: ${err.message}`);
+      }
       setLive("Stream interrupted: polling every second");
-      poll(myGen);
-    };
+      return poll(myGen);
+    }
+    if (myGen !== gen) return;
+    current.stream = null;
+    if (!ended) { // reopen after the server's advertised retry delay (1 s)
+      current.timer = setTimeout(() => follow(myGen, lastId), 1000);
+      return;
+    }
+    if (TERMINAL.has(current.status)) onTerminal(myGen);
+    else poll(myGen); // ended without a terminal document in hand: ask directly
   }
 
   async function poll(myGen) {
@@ -321,8 +378,16 @@
     }
   }
 
+  // A new key (or the same one again, as a retry): reload what the page shows with it.
+  function onKeyChange() {
+    loadAgents();
+    refreshRecent();
+    if (current) watch(current.id, current.status || "queued");
+  }
+
   // ---- wiring -------------------------------------------------------------------
   document.addEventListener("DOMContentLoaded", () => {
+    celeriacKey.onChange(onKeyChange);
     $("run-form").addEventListener("submit", onSubmit);
     $("cancel").addEventListener("click", onCancel);
     $("agent").addEventListener("change", describeAgent);

@@ -1,6 +1,8 @@
 // Celeriac dashboard: polls GET /agent/dashboard/data every 3 s and draws every
 // panel with plain DOM + inline SVG (no libraries; machines may be offline).
 // Server data is only ever inserted with textContent / text nodes, never innerHTML.
+// Each poll carries the API key from apikey.js (window.celeriacKey); a 401 stops
+// polling until a key is entered, since the same request would only be refused again.
 "use strict";
 (() => {
   const DATA_URL = "/agent/dashboard/data";
@@ -443,6 +445,7 @@
   let failure = null; // message of the last failed poll, null after a success
   let timer = null;
   let inFlight = false;
+  let needKey = false; // the last poll was refused (401) with the key still in use
 
   function schedule(ms) {
     clearTimeout(timer);
@@ -455,14 +458,22 @@
     inFlight = true;
     const ctrl = new AbortController();
     const abort = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
+    const sentKey = celeriacKey.get();
+    needKey = false;
     try {
-      const res = await fetch(DATA_URL, { cache: "no-store", headers: { Accept: "application/json" }, signal: ctrl.signal });
+      const res = await fetch(DATA_URL, { cache: "no-store", headers: celeriacKey.headers({ Accept: "application/json" }), signal: ctrl.signal });
       if (!res.ok) {
         const body = await res.json().catch(() => null);
-        throw new Error((body && body.error && body.error.message) || `HTTP ${res.status}`);
+        const message = (body && body.error && body.error.message) || `HTTP ${res.status}`;
+        if (res.status === 401) {
+          celeriacKey.refused(message);
+          needKey = celeriacKey.get() === sentKey; // a key entered meanwhile is tried at once
+        }
+        throw new Error(message);
       }
       const data = await res.json();
       if (!data || typeof data !== "object" || !data.totals) throw new Error("malformed response");
+      celeriacKey.accepted();
       render(data);
       last = { data, at: Date.now() };
       failure = null;
@@ -472,7 +483,8 @@
       clearTimeout(abort);
       inFlight = false;
       tick();
-      schedule(POLL_MS);
+      if (needKey) clearTimeout(timer);
+      else schedule(celeriacKey.get() === sentKey ? POLL_MS : 0);
     }
   }
 
@@ -481,7 +493,9 @@
     const node = $("updated");
     const errorBox = $("poll-error");
     errorBox.hidden = !failure;
-    errorBox.textContent = failure ? `Last refresh failed (${failure}); retrying every ${POLL_MS / 1000} s` : "";
+    errorBox.textContent = !failure ? ""
+      : needKey ? "Waiting for an API key (enter one above)"
+        : `Last refresh failed (${failure}); retrying every ${POLL_MS / 1000} s`;
     if (!last) {
       node.textContent = failure ? "No data yet" : "Loading…";
       node.dataset.state = failure ? "error" : "loading";
@@ -496,6 +510,8 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("refresh").addEventListener("click", () => { if (!inFlight) poll(); });
+    // While a poll is in flight its finally block sees the new key and polls again.
+    celeriacKey.onChange(() => { if (!inFlight) poll(); });
     document.addEventListener("visibilitychange", () => { if (!document.hidden && !inFlight) poll(); });
     setInterval(tick, 1000);
     if (typeof ResizeObserver !== "undefined") {

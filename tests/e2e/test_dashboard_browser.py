@@ -24,8 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
+from celeriac.auth import create_key
 from tests.conftest import Stack
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import IN_CI, PROJECT_DIR
@@ -361,6 +363,44 @@ def test_form_continues_a_conversation(stack: Stack, live_url: str, browser: Any
         page.click("#submit")
         expect(page.locator("#result")).to_have_text("From earlier: 2468", timeout=60_000)
         screenshot(page, "form-thread.png")
+        assert watched.errors == []
+    finally:
+        watched.close()
+
+
+def test_pages_send_the_api_key_once_keys_exist(
+    api: FlaskClient, live_api: str, browser: Any
+) -> None:
+    """Once a key exists the pages are refused (401) until one is entered in the key
+    field; then every request carries it, the form's event stream included, and it
+    stays for the tab (sessionStorage) when moving between the pages."""
+    from playwright.sync_api import expect
+
+    key = create_key(api.application.extensions["celeriac"].services.db, "browser")
+    watched = Watched(browser)
+    page = watched.page
+    try:
+        page.goto(f"{live_api}/dashboard")
+        expect(page.locator("#key-status")).to_contain_text("needs an API key", timeout=15_000)
+        expect(page.locator("#poll-error")).to_contain_text("Waiting for an API key")
+        assert page.text_content("#queued") == "—"
+        screenshot(page, "dashboard-needs-key.png")
+        page.fill("#api-key", key)
+        page.click("#key-use")
+        expect(page.locator("#updated")).to_have_attribute("data-state", "ok", timeout=15_000)
+        expect(page.locator("#key-status")).to_be_hidden()
+        assert page.text_content("#queued") == "0"
+
+        page.click("a[href='/']")  # same tab: the key comes along
+        expect(page.locator("#api-key")).to_have_value(key)
+        page.fill("#input", "Hi")
+        page.click("#submit")
+        expect(page.locator("#live")).to_have_text("Live: streaming updates", timeout=15_000)
+        expect(page.locator("#created-at")).not_to_have_text("—")  # a status event arrived
+        expect(page.locator("#status")).to_have_text("queued")  # no worker here
+        expect(page.locator("#recent li")).to_have_count(1)
+        assert page.locator("#key-status").is_hidden()
+        assert watched.foreign_requests() == []
         assert watched.errors == []
     finally:
         watched.close()

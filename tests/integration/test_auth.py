@@ -1,13 +1,26 @@
-"""API keys and tenants: open until the first key; then a valid key on every
-/agent route, tasks visible only to their tenant (404 otherwise), per-key rates."""
+"""API keys and tenants: in dev mode open until the first key, outside it closed from
+the start; then a valid key on every /agent route, tasks (and dashboard figures)
+visible only to their tenant (404 otherwise), per-key rates."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 from flask.testing import FlaskClient
 
+from app import create_app
 from celeriac.auth import create_key, revoke_key
+from tests.conftest import REDIS_DB, settings_from, stack_env
+from tests.support.runs import TERMINAL, submit
+from tests.support.services import RedisServer, start_worker
+from tests.support.waiting import wait_for
+
+# Shared with test_tracing: each module flushes it first.
+AUTH_DB = 1
 
 ROUTES = [
     ("get", "/agent/status/{id}"),
@@ -24,9 +37,30 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def _closed_env(redis_url: str, tmp_path: Path, simulator: Any) -> dict[str, str]:
+    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'closed.db'}", simulator.url)
+    return {**env, "CELERIAC_DEV_MODE": "0"}
+
+
+@pytest.fixture
+def closed_api(
+    redis_server: RedisServer, simulator: Any, tmp_path: Path
+) -> Iterator[FlaskClient]:
+    """The web app alone, outside dev mode (as docker compose runs it), no key yet."""
+    redis_url = redis_server.url(REDIS_DB["scratch"])
+    app = create_app(settings_from(_closed_env(redis_url, tmp_path, simulator)),
+                     configure_logs=False)
+    assert app.extensions["celeriac"].services.settings.dev_mode is False
+    yield app.test_client()
+    app.extensions["celeriac"].services.db.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
 def test_open_until_the_first_key_then_closed_everywhere(api: FlaskClient) -> None:
+    assert api.application.extensions["celeriac"].services.settings.dev_mode is True
     open_task = api.post("/agent/run", json={"input": "hi"})
     assert open_task.status_code == 202
+    assert api.get("/agent/dashboard/data").status_code == 200
     key = create_key(_db(api), "acme")
     assert key.startswith("clk_")
     # Closed at once: the very next request, not after some cache expires (a window
@@ -117,3 +151,93 @@ def test_keys_command_line(tmp_path: Any) -> None:
     assert bad.returncode == 2 and "tenant" in bad.stderr
     for args in (["keys", "--help"], ["keys", "create", "--help"], ["keys", "revoke", "--help"]):
         assert celeriac(*args).returncode == 0
+
+
+def test_outside_dev_mode_closed_before_the_first_key(closed_api: FlaskClient) -> None:
+    for method, path in [("post", "/agent/run"), ("get", "/agent/dashboard/data"),
+                         ("get", "/agent/tasks"), ("get", "/agent/events/nope")]:
+        response = getattr(closed_api, method)(
+            path, json={"input": "x"} if method == "post" else None)
+        assert response.status_code == 401, path
+        error = response.get_json()["error"]
+        assert error["code"] == "unauthorized"
+        assert "celeriac keys create TENANT" in error["message"], error
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    # Probes, the schema and the pages themselves carry no tenant's data: still open.
+    for path in ("/healthz", "/readyz", "/openapi.json", "/", "/dashboard",
+                 "/static/dashboard.js", "/static/apikey.js"):
+        assert closed_api.get(path).status_code == 200, path
+
+    key = create_key(_db(closed_api), "acme")
+    run = closed_api.post("/agent/run", json={"input": "hi"}, headers=_bearer(key))
+    assert run.status_code == 202
+    data = closed_api.get("/agent/dashboard/data", headers=_bearer(key))
+    assert data.status_code == 200
+    assert data.get_json()["totals"]["queued"] == 1
+    refused = closed_api.get("/agent/dashboard/data", headers=_bearer("clk_not-a-key"))
+    assert refused.status_code == 401
+    assert "keys create" not in refused.get_json()["error"]["message"]  # one exists now
+
+
+@pytest.fixture
+def closed_stack(
+    redis_server: RedisServer, simulator: Any, tmp_path: Path
+) -> Iterator[FlaskClient]:
+    """Outside dev mode, with a real worker: steps really run."""
+    redis_url = redis_server.url(AUTH_DB)
+    redis.Redis.from_url(redis_url).flushdb()
+    env = _closed_env(redis_url, tmp_path, simulator)
+    app = create_app(settings_from(env), configure_logs=False)
+    worker = start_worker(env, tmp_path, ping=app.extensions["celeriac"].queue.celery,
+                          concurrency=4)
+    yield app.test_client()
+    worker.stop()
+    app.extensions["celeriac"].services.db.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def _llm_attempts(doc: dict[str, Any]) -> int:
+    return sum(s["attempts"] for s in doc["steps"] if s["kind"] == "llm")
+
+
+def test_dashboard_counts_only_the_callers_tenant(closed_stack: FlaskClient) -> None:
+    client = closed_stack
+    key_a, key_b = create_key(_db(client), "tenant-a"), create_key(_db(client), "tenant-b")
+    a, b = _bearer(key_a)["Authorization"], _bearer(key_b)["Authorization"]
+    plain = submit(client, {"input": "Hi"}, Authorization=a)
+    calc = submit(client, {"input": "What is 17 * 23?"}, Authorization=b)
+    failing = submit(client, {"input": "Hi", "metadata": {"simulator": {"fault": "400"}}},
+                     Authorization=b)
+
+    def ended(task_id: str, key: str) -> dict[str, Any]:
+        def terminal() -> dict[str, Any] | None:
+            response = client.get(f"/agent/status/{task_id}", headers=_bearer(key))
+            assert response.status_code == 200, response.get_json()
+            doc: dict[str, Any] = response.get_json()
+            return doc if doc["status"] in TERMINAL else None
+
+        return wait_for(terminal, timeout=90, interval=0.2, what=f"task {task_id} to end")
+
+    a_doc = ended(plain, key_a)
+    b_docs = [ended(calc, key_b), ended(failing, key_b)]
+    assert a_doc["status"] == "completed"
+    assert [d["status"] for d in b_docs] == ["completed", "failed"]
+    assert any(s["kind"] == "tool" for s in b_docs[0]["steps"])
+
+    def dashboard(key: str) -> dict[str, Any]:
+        response = client.get("/agent/dashboard/data", headers=_bearer(key))
+        assert response.status_code == 200
+        data: dict[str, Any] = response.get_json()
+        return data
+
+    mine, theirs = dashboard(key_a), dashboard(key_b)
+    assert (mine["totals"]["completed"], mine["totals"]["failed"]) == (1, 0)
+    assert (theirs["totals"]["completed"], theirs["totals"]["failed"]) == (1, 1)
+    # B's calculator call and B's failed provider call are B's alone.
+    assert mine["tool_usage"] == []
+    assert [(t["tool"], t["calls"]) for t in theirs["tool_usage"]] == [("calculator", 1)]
+    assert sum(p["calls_24h"] for p in mine["providers"]) == _llm_attempts(a_doc) >= 1
+    assert sum(p["errors_24h"] for p in mine["providers"]) == 0
+    assert sum(p["calls_24h"] for p in theirs["providers"]) == sum(map(_llm_attempts, b_docs))
+    assert sum(p["errors_24h"] for p in theirs["providers"]) >= 1
+    assert mine["totals"]["cost_today_usd"] == pytest.approx(a_doc["usage"]["cost_usd"])
