@@ -5,21 +5,31 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
+from flask import Flask
 from werkzeug.serving import make_server
 
+from app import create_app
+from celeriac.priority import QUEUES
 from celeriac.store import Step
 from config.celery import LLM_STEP, TOOL_STEP
-from tests.conftest import Stack
+from tests.conftest import REDIS_DB, Stack, settings_from, stack_env
 from tests.support.runs import status, submit, wait_terminal
+from tests.support.services import RedisServer, WorkerProcess, start_worker
 from tests.support.waiting import wait_for
 
 
 def _step(stack: Stack, step_id: str) -> Step:
-    db = stack.app.extensions["celeriac"].services.db
+    return _stored_step(stack.app, step_id)
+
+
+def _stored_step(app: Flask, step_id: str) -> Step:
+    db = app.extensions["celeriac"].services.db
     with db.reader() as s:
         step = s.get(Step, step_id)
         assert step is not None
@@ -52,6 +62,54 @@ def test_cancel_stops_a_running_task_before_its_next_step(stack: Stack) -> None:
     assert len(_calls_for(stack, task_id)) == 1
     # Cancelling again is harmless.
     assert stack.client.post(f"/agent/cancel/{task_id}").get_json()["status"] == "cancelled"
+
+
+@pytest.fixture
+def idle(redis_server: RedisServer, simulator: Any,
+         tmp_path: Path) -> Iterator[tuple[Flask, dict[str, str], list[WorkerProcess]]]:
+    """The web app on a Redis database no worker consumes (yet); the test starts one
+    and appends it to the list, stopped here."""
+    redis_url = redis_server.url(REDIS_DB["scratch"])
+    broker = redis.Redis.from_url(redis_url)
+    broker.flushdb()
+    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'store.db'}", simulator.url)
+    app = create_app(settings_from(env), configure_logs=False)
+    workers: list[WorkerProcess] = []
+    yield app, env, workers
+    for worker in workers:
+        worker.stop()
+    app.extensions["celeriac"].services.db.dispose()
+    broker.flushdb()
+
+
+def test_cancelling_a_queued_task_runs_none_of_it(idle: Any, tmp_path: Path) -> None:
+    app, env, workers = idle
+    client = app.test_client()
+    broker = redis.Redis.from_url(env["REDIS_URL"])
+    sim_log = f"{env['CELERIAC_SIMULATOR_URL']}/_sim/log"
+    task_id = submit(client, {"input": "What is 17 * 23?"})
+    first = f"{task_id}-0-llm"
+    wait_for(lambda: sum(broker.llen(q) for q in QUEUES) == 1, timeout=30,
+             what="the first step's message to wait in the broker")
+    response = client.post(f"/agent/cancel/{task_id}")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "cancelled"
+    # The revoke went to no worker: the one started now has not heard of it, and
+    # only the store can stop it from running the step.
+    celery = app.extensions["celeriac"].queue.celery
+    workers.append(start_worker(env, tmp_path, ping=celery, concurrency=2))
+    wait_for(lambda: _stored_step(app, first).deliveries >= 1, timeout=60,
+             what="the worker to take the cancelled step's message")
+    wait_for(lambda: sum(broker.llen(q) for q in QUEUES) == 0, timeout=30,
+             what="the queues to drain")
+    doc = status(client, task_id)
+    assert doc["status"] == "cancelled"
+    assert doc["error"]["code"] == "cancelled"
+    assert doc["steps"] and {s["status"] for s in doc["steps"]} == {"cancelled"}
+    assert _stored_step(app, first).status == "cancelled"
+    calls = [e for e in httpx.get(sim_log, timeout=5).json()
+             if (e.get("step") or "").startswith(task_id)]
+    assert calls == []
 
 
 def test_redelivered_steps_do_not_call_provider_or_tool_again(stack: Stack) -> None:

@@ -100,11 +100,25 @@ def test_canary_keys_appear_nowhere(keyed: Any, simulator: Any) -> None:
             assert not leaks, f"{fragment} leaked into {leaks}"
 
 
+class _TouchOnUnpickle:
+    """A hostile payload: unpickling it calls Path.touch(path), so a worker that ever
+    unpickled a message would leave the file behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return Path.touch, (self.path,)
+
+
 def test_a_pickled_message_is_refused(keyed: Any, tmp_path: Path) -> None:
     app, worker, env, _tmp = keyed
     marker = tmp_path / "pwned"
-    # What a pickled "task" would do if a worker ever unpickled it.
-    payload = pickle.dumps(("os.system", f"touch {marker}"))
+    # The payload is live: unpickled here, its own twin creates its file.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_TouchOnUnpickle(control)))
+    assert control.exists()
+    payload = pickle.dumps(_TouchOnUnpickle(marker))
     with Connection(env["REDIS_URL"]) as conn:
         producer = Producer(conn, exchange=Exchange("celeriac", type="direct"),
                             routing_key="default", serializer="pickle")

@@ -10,10 +10,14 @@ lists kombu really uses for the Celery queues.
 from __future__ import annotations
 
 import json
+import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +27,10 @@ from typing import Any
 import pytest
 import yaml
 from kombu.transport.redis import Channel
+from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
 
+from app.exporter import build_app, protected
 from celeriac import metrics
 from celeriac.priority import QUEUES
 from celeriac.store.schema import TERMINAL_STATUSES
@@ -709,10 +715,21 @@ def _run(argv: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_checks_rules_and_config() -> None:
+def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
     promtool = _promtool()
     _run([promtool, "check", "rules", "alerts.yml"], PROMETHEUS)
-    _run([promtool, "check", "config", "prometheus.yml"], PROMETHEUS)
+    # promtool opens every credentials_file, and the token file exists only inside
+    # the Prometheus container: check a copy that points at a file here instead.
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    for job in config["scrape_configs"]:
+        if "credentials_file" in job.get("authorization", {}):
+            token = tmp_path / f"{job['job_name']}.token"
+            token.write_text("example-token\n")
+            job["authorization"]["credentials_file"] = str(token)
+    for rule_file in config["rule_files"]:
+        shutil.copy(PROMETHEUS / rule_file, tmp_path / rule_file)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    _run([promtool, "check", "config", "prometheus.yml"], tmp_path)
     if (PROMETHEUS / "alerts.test.yml").exists():
         _run([promtool, "test", "rules", "alerts.test.yml"], PROMETHEUS)
 
@@ -979,3 +996,270 @@ def test_keda_scales_the_worker_on_every_queue_list() -> None:
     assert set(lists) == expected, f"missing {sorted(expected - set(lists))!r}"
     queues = {name.split(Channel.sep)[0] for name in lists}
     assert queues == set(QUEUES) == {"high", "default", "low"}
+
+
+# --- credentials outside dev mode -----------------------------------------------------
+# Outside dev mode the exporter exits without CELERIAC_METRICS_TOKEN and Flower without
+# FLOWER_BASIC_AUTH: a deployment that starts them without these restarts them in a loop.
+# So each deployment must either refuse to start them (Compose's ${VAR:?}, a Secret
+# Kubernetes waits for) or give them what the real start-up code (app.exporter,
+# config/flowerconfig.py) accepts; and whatever checks or scrapes /metrics sends the token.
+
+EXAMPLE_TOKEN = "example-metrics-token"
+EXAMPLE_CREDENTIALS = {"CELERIAC_METRICS_TOKEN": EXAMPLE_TOKEN, "FLOWER_BASIC_AUTH": "u:pw"}
+
+
+class ComposeRefuses(Exception):
+    """Compose stops before starting anything: a ``${VAR:?message}`` is unset."""
+
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(text: str, host: dict[str, str]) -> str:
+    """Compose's interpolation of one value against the host's variables."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.groups()
+        value = host.get(name)
+        missing = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op in (":?", "?"):
+            if missing:
+                raise ComposeRefuses(f"{name}: {arg}")
+            return value or ""
+        if op in (":-", "-"):
+            return arg if missing else value or ""
+        return value or ""
+
+    expanded = _INTERPOLATION.sub(one, text)
+    assert "$" not in expanded, f"unexpected variable syntax in {text!r}"
+    return expanded
+
+
+def compose_env(service: str, host: dict[str, str]) -> dict[str, str]:
+    """A service's container environment when Compose runs with ``host``'s variables."""
+    env: dict[str, str] = {}
+    for name, value in compose_services()[service]["environment"].items():
+        if value is None:  # passed through from the host when set there
+            if name in host:
+                env[name] = host[name]
+        else:
+            env[name] = interpolate(str(value), host)
+    return env
+
+
+def _use_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in settings_env_names() | OTHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def exporter_starts(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether app.exporter's own start-up check accepts this environment (building the
+    app opens no connection)."""
+    _use_env(env, monkeypatch)
+    try:
+        build_app(Settings(), CollectorRegistry())
+    except SystemExit:
+        return False
+    return True
+
+
+def flower_starts(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether config/flowerconfig.py, executed as Flower executes it, lets Flower start."""
+    _use_env(env, monkeypatch)
+    try:
+        runpy.run_path(str(ROOT / "config" / "flowerconfig.py"))
+    except SystemExit:
+        return False
+    return True
+
+
+STARTS = {"exporter": exporter_starts, "flower": flower_starts}
+
+
+def test_credential_checks_catch_a_deployment_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks below fail on what the deploy files once did: DEV_MODE=0 with no
+    token and an empty or passed-through FLOWER_BASIC_AUTH."""
+    assert not exporter_starts({"CELERIAC_DEV_MODE": "0"}, monkeypatch)
+    assert not exporter_starts({"CELERIAC_DEV_MODE": "0", "CELERIAC_METRICS_TOKEN": ""},
+                               monkeypatch)
+    assert exporter_starts({"CELERIAC_DEV_MODE": "0", "CELERIAC_METRICS_TOKEN": "t"},
+                           monkeypatch)
+    assert not flower_starts({"CELERIAC_DEV_MODE": "0", "FLOWER_BASIC_AUTH": ""}, monkeypatch)
+    assert flower_starts({"CELERIAC_DEV_MODE": "0", "FLOWER_BASIC_AUTH": "u:p"}, monkeypatch)
+    assert interpolate("${A:-x}/${B}", {}) == "x/"
+    assert interpolate("${A:?set A}", {"A": "1"}) == "1"
+    with pytest.raises(ComposeRefuses):
+        interpolate("${A:?set A}", {"A": ""})
+
+
+@pytest.mark.parametrize("service", sorted(STARTS))
+def test_compose_never_starts_monitoring_without_credentials(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = STARTS[service]
+    try:
+        bare = compose_env(service, {})
+    except ComposeRefuses:
+        pass  # Compose names the missing variable and starts nothing
+    else:
+        assert starts(bare, monkeypatch), (
+            f"compose {service}: with nothing set on the host it would start without "
+            "credentials outside dev mode, exit, and restart in a loop"
+        )
+    # Set as docker/README.md says, the service starts, still outside dev mode.
+    filled = compose_env(service, EXAMPLE_CREDENTIALS)
+    assert filled.get("CELERIAC_DEV_MODE") == "0", service
+    assert starts(filled, monkeypatch), f"compose {service}: the documented variables do not do"
+    raw = compose().get("services", {})[service]["environment"]
+    for name in EXAMPLE_CREDENTIALS:
+        if name in raw:
+            assert raw[name] is None or "${" in str(raw[name]), (
+                f"compose {service}: {name} is written in the file; take it from the host"
+            )
+    readme = (DOCKER / "README.md").read_text()
+    assert all(name in readme for name in EXAMPLE_CREDENTIALS)
+
+
+def _serve_protected(token: str) -> tuple[Any, int]:
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, protected(app, token), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_port)
+
+
+def assert_probe_sends_the_token(argv: list[str], env: dict[str, str], where: str) -> None:
+    """Runs a health check or probe command against app.exporter's real bearer guard
+    (on a free port instead of 9808): it passes with the container's token only."""
+    assert argv[0] == "python", f"{where}: expected a python probe, got {argv!r}"
+    assert "9808" in " ".join(argv), f"{where}: the probe does not reach port 9808"
+    server, port = _serve_protected(EXAMPLE_TOKEN)
+    try:
+        command = [sys.executable, *(a.replace(":9808", f":{port}") for a in argv[1:])]
+        base = {"PATH": os.environ.get("PATH", "")}
+
+        def passes(extra: dict[str, str]) -> bool:
+            result = subprocess.run(command, env={**base, **extra}, capture_output=True,
+                                    timeout=60)
+            return result.returncode == 0
+
+        assert passes({**env, "CELERIAC_METRICS_TOKEN": EXAMPLE_TOKEN}), (
+            f"{where}: the probe fails against /metrics with the container's token"
+        )
+        assert not passes({**env, "CELERIAC_METRICS_TOKEN": "wrong"}), (
+            f"{where}: the probe passes without the right token: it checks nothing"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_compose_exporter_healthcheck_sends_the_token() -> None:
+    check = compose_services()["exporter"]["healthcheck"]
+    assert not check.get("disable", False)
+    test = check["test"]
+    assert test[0] == "CMD", "exec form: the token stays out of a shell command line"
+    env = compose_env("exporter", EXAMPLE_CREDENTIALS)
+    assert env.get("CELERIAC_METRICS_TOKEN") == EXAMPLE_TOKEN, "the exporter gets no token"
+    assert_probe_sends_the_token(list(test[1:]), {}, "compose exporter healthcheck")
+
+
+def test_prometheus_scrapes_the_exporter_with_its_token() -> None:
+    """The exporter's scrape job sends a bearer token read from a file that Compose
+    fills from the very variable the exporter's token comes from."""
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    services = compose_services()
+    port = parse_command(services["exporter"]["command"]).options["--port"]
+    (job,) = [j for j in config["scrape_configs"]
+              if any(f"exporter:{port}" in s["targets"] for s in j["static_configs"])]
+    authorization = job.get("authorization")
+    assert authorization, "Prometheus would scrape the exporter without its token: 401"
+    assert authorization.get("type", "Bearer") == "Bearer"
+    assert "credentials" not in authorization, "no token in prometheus.yml itself"
+    path = PurePosixPath(authorization["credentials_file"])
+    assert path.parent == PurePosixPath("/run/secrets"), path
+
+    granted = {s if isinstance(s, str) else s["source"]: s
+               for s in services["prometheus"].get("secrets", [])}
+    assert path.name in granted, f"the prometheus service is not given secret {path.name}"
+    entry = granted[path.name]
+    assert isinstance(entry, str) or entry.get("target", path.name) == path.name
+    source = compose()["secrets"][path.name]
+    token_source = services["exporter"]["environment"]["CELERIAC_METRICS_TOKEN"]
+    match = _INTERPOLATION.fullmatch(str(token_source))
+    assert match, f"the exporter's token is not taken from a host variable: {token_source!r}"
+    assert source.get("environment") == match.group(1), (
+        f"secret {path.name} and the exporter's token come from different variables"
+    )
+
+
+def k8s_env(container: dict[str, Any], operator_value: str) -> dict[str, str]:
+    """A container's environment as the manifests apply it. A key of a Secret the
+    manifests do not declare, referenced without optional: true, gets
+    ``operator_value``: Kubernetes starts no container until an operator creates it."""
+    config_maps, secrets = k8s_objects("ConfigMap"), k8s_objects("Secret")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]].get("data", {}))
+        if "secretRef" in source:
+            env.update(secrets[source["secretRef"]["name"]].get("stringData", {}))
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        if ref["name"] in secrets:
+            value = secrets[ref["name"]].get("stringData", {}).get(ref["key"])
+            if value is not None:
+                env[entry["name"]] = value
+        elif not ref.get("optional", False):
+            env[entry["name"]] = operator_value
+    return env
+
+
+@pytest.mark.parametrize("process", sorted(STARTS))
+def test_k8s_never_starts_monitoring_without_credentials(
+    process: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = only_container(k8s_deployment(process))
+    env = k8s_env(container, operator_value="set-by-the-operator:pw")
+    assert env.get("CELERIAC_DEV_MODE") == "0", process
+    assert STARTS[process](env, monkeypatch), (
+        f"k8s {process}: the manifests start it without credentials outside dev mode "
+        "(an empty placeholder counts as none): it would exit and restart in a loop"
+    )
+    # A Secret the pods wait for is one the documentation tells how to create.
+    config_text = (K8S / "config.yaml").read_text()
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] not in k8s_objects("Secret"):
+            assert f"create secret generic {ref['name']}" in config_text, ref["name"]
+            assert f"--from-literal={ref['key']}=" in config_text, ref["key"]
+
+
+def test_k8s_exporter_probes_send_the_token() -> None:
+    container = only_container(k8s_deployment("exporter"))
+    env = k8s_env(container, operator_value=EXAMPLE_TOKEN)
+    probes = {name: container[name] for name in ("readinessProbe", "livenessProbe",
+                                                 "startupProbe") if name in container}
+    assert "readinessProbe" in probes
+    for name, probe in probes.items():
+        # An httpGet probe cannot send a Secret's value: /metrics would answer 401.
+        assert "httpGet" not in probe, f"k8s exporter {name}: httpGet gets a 401"
+        if "exec" in probe:
+            assert_probe_sends_the_token(probe["exec"]["command"], env, f"k8s exporter {name}")
+    assert "exec" in probes["readinessProbe"], "readiness should scrape /metrics with the token"
