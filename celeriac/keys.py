@@ -87,6 +87,24 @@ def budget_rebuild_lock(day: str) -> str:
 # pass by no more than that (a 15 s lock once held recovery up 15 s).
 REAPER_LOCK = f"{PREFIX}:reaper:lock"
 
+# What each worker holds: the step messages it has taken from the broker and not yet
+# finished (running, waiting for a thread, or holding a retry countdown in memory),
+# and a liveness key its heartbeat renews. A SIGKILLed worker's messages stay
+# unacked in the broker until the visibility timeout (1 h); once its liveness key
+# expires (one lease), the reaper re-sends the steps it held. The set names every
+# worker with a hash; a hash outlives its worker only until the reaper takes it.
+WORKERS_HOLDING = f"{PREFIX}:workers:holding"
+WORKER_HELD_TTL_S = 24 * 3600  # renewed by the heartbeat; bounds a forgotten hash
+
+
+def worker_held(node: str) -> str:
+    return f"{PREFIX}:worker:{node}:held"
+
+
+def worker_alive(node: str) -> str:
+    return f"{PREFIX}:worker:{node}:alive"
+
+
 # The autoscaler's live worker count per host (expires if the autoscaler dies).
 AUTOSCALER_WORKERS_PATTERN = f"{PREFIX}:autoscaler:*:workers"
 

@@ -100,6 +100,34 @@ def reap(
     return dispatch
 
 
+def resend_orphans(db: Database, orphans: dict[str, list[str]]) -> list[Dispatch]:
+    """Steps a dead worker held (``celeriac.holdings``), to send again now: those
+    still pending in a live run. Running ones come back through their lease. A held
+    retry whose countdown died with the worker goes now rather than at its due time:
+    an early retry is harmless (the limiter, the breaker and the claim's checks all
+    apply again), a late one is what this exists to avoid."""
+    held = sorted({step_id for steps in orphans.values() for step_id in steps})
+    if not held:
+        return []
+    dispatch: list[Dispatch] = []
+    with db.reader() as s:
+        rows = s.execute(
+            select(Step, Run)
+            .join(Run, Run.id == Step.run_id)
+            .where(Step.id.in_(held), Step.status == "pending")
+            .where(Run.status.not_in(TERMINAL_STATUSES))
+        ).all()
+        for step, run in rows:
+            log.warning("step_orphaned", run_id=run.id, step=step.id,
+                        workers=[n for n, ids in orphans.items() if step.id in ids])
+            level = priority_from_level(run.priority_level).level
+            # To the queue every worker reads first: the task was already under way.
+            dispatch.append(Dispatch(step.id, step.kind, QUEUES[0], level))
+    # The caller marks them sent, so the stale-pending pass that follows does not
+    # send a second copy right behind these.
+    return dispatch
+
+
 def _due(step: Step, now: datetime, floor_s: float) -> bool:
     """Whether to send a copy of this step now. A step not sent since it was lost
     (never sent, or running on a worker whose lease ran out) is due at once. A copy

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from celeriac import keys
+from celeriac.holdings import orphaned_steps
 from celeriac.reaper import cleanup as cleanup_runs
-from celeriac.reaper import end_overdue_runs, settle_expired_reservations
+from celeriac.reaper import end_overdue_runs, resend_orphans, settle_expired_reservations
 from celeriac.reaper import reap as reap_steps
 from config.celery import CLEANUP, REAP
 from tasks.dispatch import send_steps
@@ -20,6 +21,10 @@ def reap() -> int:
     if not redis.set(keys.REAPER_LOCK, "1", nx=True, ex=held_s):
         return 0  # another worker is reaping right now
     try:
+        # First the steps dead workers held (and marked sent), so the pass below
+        # does not count them as stale and send them twice.
+        orphans = resend_orphans(services().db, orphaned_steps(redis))
+        send_steps(app, orphans, services().db)
         dispatch = reap_steps(services().db)
         send_steps(app, dispatch, services().db)
         settle_expired_reservations(services().db, services().keeper)
@@ -27,7 +32,7 @@ def reap() -> int:
             services().loop.announce(report)
     finally:
         redis.delete(keys.REAPER_LOCK)
-    return len(dispatch)
+    return len(orphans) + len(dispatch)
 
 
 @app.task(name=CLEANUP, ignore_result=True)

@@ -7,14 +7,16 @@ so prefork children never share a connection with their parent.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import structlog
 from celery import Celery, signals
 
 from celeriac.claims import Dispatch
+from celeriac.holdings import Holdings
 from celeriac.services import Services
-from config.celery import celery_config
+from config.celery import LLM_STEP, TOOL_STEP, celery_config
 from config.logging import configure_logging
 from config.settings import Settings
 from config.tracing import configure_tracing
@@ -95,3 +97,92 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any =
 @signals.task_postrun.connect
 def _unbind_task_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
+
+
+# -- what this worker holds (celeriac.holdings) ------------------------------------
+
+_STEP_TASKS = (LLM_STEP, TOOL_STEP)
+_holdings: Holdings | None = None
+_heartbeat_stop = threading.Event()
+
+
+def _holdings_for(node: str | None) -> Holdings | None:
+    global _holdings
+    if not node:
+        return None
+    if _holdings is None or _holdings.node != node:
+        _holdings = Holdings(services().redis, node, alive_ttl_s=settings.step_lease_s)
+    return _holdings
+
+
+def _beat_forever(holdings: Holdings) -> None:
+    # A third of the liveness TTL, as the step leases beat: one missed beat is not
+    # yet death.
+    interval = max(0.5, holdings.alive_ttl_s / 3)
+    while not _heartbeat_stop.is_set():
+        try:
+            holdings.beat()
+        except Exception as exc:  # Redis away: the next beat tries again
+            structlog.get_logger("tasks.worker").warning("holdings_beat_failed",
+                                                         error=repr(exc))
+        _heartbeat_stop.wait(interval)
+
+
+@signals.worker_ready.connect
+def _start_holdings_heartbeat(sender: Any = None, **_: Any) -> None:
+    holdings = _holdings_for(getattr(sender, "hostname", None))
+    if holdings is not None:
+        threading.Thread(target=_beat_forever, args=(holdings,),
+                         name="celeriac-holdings-heartbeat", daemon=True).start()
+
+
+@signals.task_received.connect
+def _hold_step(request: Any = None, **_: Any) -> None:
+    # In the process that took the message from the broker (the prefork parent, or
+    # the only process of the threads and gevent pools), before it waits anywhere.
+    if request is None or request.name not in _STEP_TASKS:
+        return
+    holdings = _holdings_for(getattr(request, "hostname", None))
+    if holdings is not None:
+        try:
+            holdings.hold(request.id)
+        except Exception as exc:  # without the note, only the slower paths recover it
+            structlog.get_logger("tasks.worker").warning("holdings_write_failed",
+                                                         step=request.id, error=repr(exc))
+
+
+def _release_step(task_id: str | None, task: Any) -> None:
+    if task_id is None or getattr(task, "name", None) not in _STEP_TASKS:
+        return
+    holdings = _holdings_for(getattr(task.request, "hostname", None))
+    if holdings is not None:
+        try:
+            holdings.release(task_id)
+        except Exception as exc:  # a stale note costs at most one harmless copy
+            structlog.get_logger("tasks.worker").warning("holdings_release_failed",
+                                                         step=task_id, error=repr(exc))
+
+
+@signals.task_postrun.connect
+def _release_finished_step(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    _release_step(task_id, task)
+
+
+@signals.task_revoked.connect
+def _release_revoked_step(request: Any = None, **_: Any) -> None:
+    if request is not None and request.name in _STEP_TASKS:
+        holdings = _holdings_for(getattr(request, "hostname", None))
+        if holdings is not None:
+            holdings.release(request.id)
+
+
+@signals.worker_shutdown.connect
+def _retire_holdings(**_: Any) -> None:
+    # A warm shutdown: the broker gets the unfinished messages back by itself.
+    _heartbeat_stop.set()
+    if _holdings is not None:
+        try:
+            _holdings.retire()
+        except Exception as exc:  # the reaper re-sends them later: harmless copies
+            structlog.get_logger("tasks.worker").warning("holdings_retire_failed",
+                                                         error=repr(exc))

@@ -173,3 +173,59 @@ def test_a_step_whose_retry_died_with_its_worker_is_sent_again(crashy: Any) -> N
         assert doc["status"] == "completed" and "42" in doc["result"]
     finally:
         worker.stop()
+
+
+def test_a_killed_workers_held_messages_are_sent_again_without_waiting(
+    redis_server: RedisServer, simulator: Any, tmp_path: Path
+) -> None:
+    """A step whose message a worker holds without running it (here a deferral's
+    countdown, kept in the worker's memory) has no lease to run out. When that worker
+    is SIGKILLed, the reaper learns from the worker's holdings note (its liveness key
+    expired) that the message died with it and sends the step again, rather than
+    waiting for it to look stale, or for the broker's one-hour visibility timeout."""
+    redis_url = redis_server.url(DURABILITY_DB)
+    client_redis = redis.Redis.from_url(redis_url, decode_responses=True)
+    client_redis.flushdb()
+    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'store.db'}", simulator.url)
+    env["CELERIAC_STEP_LEASE_S"] = "4"
+    env["CELERIAC_REAP_INTERVAL_S"] = "1"
+    env["CELERIAC_TENANT_MAX_RUNNING"] = "1"  # the second task waits for the first
+    app = create_app(settings_from(env), configure_logs=False)
+    celery = app.extensions["celeriac"].queue.celery
+    client = app.test_client()
+    holder = start_worker(env, tmp_path, ping=celery, concurrency=4)
+    slow = submit(client, {"input": "Hello", "metadata": {"simulator": {"latency_ms": 4000}}})
+    wait_for(lambda: status(client, slow)["status"] == "running", timeout=30,
+             what="the slow task to start")
+    waiting = submit(client, {"input": "Hello"})
+    waiting_step = f"{waiting}-0-llm"
+    db = app.extensions["celeriac"].services.db
+
+    def deferred_and_held() -> bool:
+        with db.reader() as s:
+            step = s.get(Step, waiting_step)
+            deferred = step is not None and step.status == "pending" and step.deliveries >= 1
+        held = client_redis.hget(f"celeriac:worker:{holder.name}:held", waiting_step)
+        return deferred and held is not None and int(held) > 0
+
+    # Deferred (the tenant is at its cap) with a countdown: its retry message sits in
+    # the holder's memory, noted in the holder's holdings.
+    wait_for(deferred_and_held, timeout=30, what="the second task deferred and held")
+    os.kill(holder.process.pid, signal.SIGKILL)
+    holder.process.wait(10)
+    beat = start_beat(env, tmp_path)
+    rescuer = start_worker(env, tmp_path, ping=celery, concurrency=4)
+    try:
+        assert wait_terminal(client, slow, timeout=90)["status"] == "completed"
+        assert wait_terminal(client, waiting, timeout=90)["status"] == "completed"
+        # It came back through the holdings note, not the stale-message pass.
+        orphaned = [line for line in rescuer.log().splitlines() if "step_orphaned" in line]
+        assert any(waiting_step in line for line in orphaned), rescuer.log()[-3000:]
+        # The dead worker's note was taken once and is gone.
+        assert not client_redis.exists(f"celeriac:worker:{holder.name}:held")
+    finally:
+        rescuer.stop()
+        beat.terminate()
+        beat.wait(20)
+        client_redis.flushdb()
+        app.extensions["celeriac"].services.db.dispose()
