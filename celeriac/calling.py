@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -39,7 +40,7 @@ from celeriac.cache import ResponseCache
 from celeriac.catalog import ModelSpec
 from celeriac.errors import BudgetExceeded, ProviderError, RateLimited, TransientProviderError
 from celeriac.failpoints import NO_FAILPOINTS, Failpoints
-from celeriac.journal import JournaledCall, StepJournal
+from celeriac.journal import CallOnWire, JournaledCall, StepJournal
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import Limits
 from celeriac.limits.ratelimit import Grant, RateLimiter, RequestExceedsTPM
@@ -212,6 +213,16 @@ class Caller:
               step_id: str | None, reservation: Reservation | None,
               gate: BudgetGate | None) -> Served:
         self.failpoints.hit("before_call", step_id or "")
+        # Noted before it goes out: a worker killed with the request on the wire leaves
+        # the note, and the step's rerun charges the call (celeriac.lost_calls).
+        wire = self.journal if step_id is not None and reservation is not None else None
+        if wire is not None and step_id is not None and reservation is not None:
+            wire.put_on_wire(step_id, CallOnWire(
+                wire_id=uuid.uuid4().hex[:12], model=model.id, provider=model.provider,
+                day=reservation.day, tenant=reservation.tenant,
+                worst_nanos=reservation.amount_nanos,
+                input_tokens=estimate - request.max_tokens, max_tokens=request.max_tokens,
+                at=time.time()))
         started = time.perf_counter()
         try:
             with _tracer.start_as_current_span(
@@ -219,6 +230,8 @@ class Caller:
             ):
                 response = provider.complete(request)
         except ProviderError as exc:
+            if wire is not None and step_id is not None:
+                wire.clear_on_wire(step_id, model.id)  # refused: nothing billed
             latency = (time.perf_counter() - started) * 1000
             self.limiter.settle_tokens(model.id, estimate, 0)
             # A 429 is the provider pacing us, not an outage: it slows the model

@@ -10,14 +10,17 @@ across redeliveries) and, for LLM calls, by the model that answered, so a rerun
 that starts at another position of the fallback chain still finds it.
 
 What is left is the call itself: a worker killed while the request is on the wire
-never sees the answer, so its rerun calls again (at-least-once, as everywhere).
+never sees the answer, so its rerun calls again (at-least-once, as everywhere). No
+provider offers an idempotency key for completions, so that call is paid twice; but
+it is not forgotten: the journal notes each call as it goes on the wire, and the
+rerun that finds such a note charges it (``celeriac.lost_calls``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -38,6 +41,21 @@ class JournaledCall:
     cost_nanos: int
     reservation: Reservation | None
     at: float  # unix time the answer was journaled
+
+
+@dataclass(frozen=True)
+class CallOnWire:
+    """A provider call sent and not yet answered, with what it may cost."""
+
+    wire_id: str  # unique per call: the charge's idempotency key
+    model: str
+    provider: str
+    day: str  # the budget day and tenant of its reservation
+    tenant: str
+    worst_nanos: int  # its budget reservation: the worst case it may have cost
+    input_tokens: int  # the estimate
+    max_tokens: int
+    at: float  # unix time it went out
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,34 @@ class StepJournal:
                 "tenant": call.reservation.tenant, "amount": call.reservation.amount_nanos},
             "at": call.at,
         }
-        return self._put(keys.journal_call(step_id, model), doc, step_id)
+        try:
+            # One round trip: the answer in, and the call's on-the-wire note out
+            # (answered, nothing is lost), atomically.
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(keys.journal_call(step_id, model), json.dumps(doc), ex=self.ttl_s)
+            pipe.delete(keys.journal_wire(step_id, model))
+            pipe.execute()
+        except Exception as exc:  # Redis trouble must not lose an answer already paid for
+            log.warning("journal_write_failed", step=step_id, error=repr(exc))
+            return False
+        return True
+
+    def put_on_wire(self, step_id: str, call: CallOnWire) -> None:
+        """Note a call about to go out. Without the note (Redis trouble) only a kill
+        during this very call would go uncharged."""
+        self._put(keys.journal_wire(step_id, call.model), asdict(call), step_id)
+
+    def find_on_wire(self, step_id: str, models: list[str]) -> list[CallOnWire]:
+        if not models:
+            return []
+        raws = self.redis.mget([keys.journal_wire(step_id, m) for m in models])
+        return [CallOnWire(**json.loads(raw)) for raw in raws if raw is not None]
+
+    def clear_on_wire(self, step_id: str, model: str) -> None:
+        try:
+            self.redis.delete(keys.journal_wire(step_id, model))
+        except Exception as exc:  # a stale note is charged once, by the next rerun
+            log.warning("journal_clear_failed", step=step_id, error=repr(exc))
 
     def find_call(self, step_id: str, models: list[str]) -> tuple[int, JournaledCall] | None:
         """The journaled answer for this step, from any model of its chain: (the
@@ -110,7 +155,8 @@ class StepJournal:
     def forget(self, step_id: str, models: list[str]) -> None:
         """Once the outcome is in the store the journal has done its job; a failure
         here only leaves the entries to their TTL."""
-        names = [keys.journal_tool(step_id), *(keys.journal_call(step_id, m) for m in models)]
+        names = [keys.journal_tool(step_id), *(keys.journal_call(step_id, m) for m in models),
+                 *(keys.journal_wire(step_id, m) for m in models)]
         try:
             self.redis.delete(*names)
         except Exception as exc:  # the TTL cleans up; the step is already recorded

@@ -129,3 +129,11 @@ def journal_call(step_id: str, model: str) -> str:
 
 def journal_tool(step_id: str) -> str:
     return f"{PREFIX}:journal:{step_id}:tool"
+
+
+# A provider call on the wire: written just before the request goes out, removed
+# when its answer is journaled or it fails. Found by the step's rerun, it means the
+# worker died with the request sent and the answer unseen: the provider billed a
+# call that the ledger must still charge (celeriac.lost_calls). Same TTL as above.
+def journal_wire(step_id: str, model: str) -> str:
+    return f"{PREFIX}:journal:{step_id}:wire:{model}"

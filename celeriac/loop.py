@@ -48,6 +48,7 @@ from celeriac.failpoints import NO_FAILPOINTS, Failpoints
 from celeriac.folding import ContextFolding, summary_done, window_for
 from celeriac.journal import StepJournal
 from celeriac.lease import LeaseKeeper
+from celeriac.lost_calls import charge_lost_calls
 from celeriac.messages import Message, text_of, tool_uses
 from celeriac.observer import NullObserver, Observer, RunReport, StepReport
 from celeriac.pricing import price_of
@@ -175,6 +176,13 @@ class AgentLoop(ContextFolding):
         cache_ttl_s: int,
     ) -> Outcome:
         """Make the step's call down ``chain`` from ``start``, and record it."""
+        if self.journal is not None:
+            # An earlier attempt's worker died with its request on the wire: that call
+            # was billed, so it is charged before this one goes out.
+            lost = charge_lost_calls(self.db, self.journal, self.keeper, step_id,
+                                     claim.run_id, [m.id for m in chain], self.price_version())
+        else:
+            lost = 0
         gate = None
         if self.keeper is not None:
             gate = BudgetGate(
@@ -183,7 +191,7 @@ class AgentLoop(ContextFolding):
                 tenant=claim.tenant,
                 reservation_prefix=f"{step_id}:{claim.attempts}",
                 task_cap_nanos=claim.budget_nanos,
-                task_spent_nanos=claim.spent_nanos,
+                task_spent_nanos=claim.spent_nanos + lost,
                 on_reserved=lambda r: self._note_reservation(step_id, r),
             )
         try:

@@ -150,7 +150,9 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     # One row per step: a step pays for one answer. A rerun after its worker died
-    # records the journaled answer (celeriac.journal) instead of paying again.
+    # records the journaled answer (celeriac.journal) instead of paying again. A call
+    # a worker died with on the wire was billed too: it has a row of its own, marked
+    # "<step>#w<wire id>" and charged at its reservation (celeriac.lost_calls).
     step_id: Mapped[str] = mapped_column(String(64))
     reservation_id: Mapped[str] = mapped_column(String(160), unique=True)
     run_id: Mapped[str] = mapped_column(String(32), index=True)

@@ -57,6 +57,10 @@ def verify(chaos: Chaos, db: Database, r: redis.Redis, sim_url: str,
 
     # Provider: one ledger row per LLM step; extra paid requests only on the wire
     # at a kill; nothing after a journaled answer.
+    # Calls a worker died with on the wire are charged in rows of their own
+    # ("<step>#w<wire id>", celeriac.lost_calls); the step's own row is its answer.
+    lost_rows = [row for row in ledger if "#w" in row.step_id]
+    ledger = [row for row in ledger if "#w" not in row.step_id]
     per_step_ledger = Counter(row.step_id for row in ledger)
     completed_llm = {st.id for st in llm_steps if st.status == "completed"}
     if set(per_step_ledger) != completed_llm or max(per_step_ledger.values(), default=1) > 1:
@@ -89,6 +93,10 @@ def verify(chaos: Chaos, db: Database, r: redis.Redis, sim_url: str,
             problems.append(f"ledger row of {st.id} matches no answer the provider gave")
     if unexplained:
         problems.append(f"paid twice after the answer had arrived: {unexplained[:5]}")
+    # Every call paid on the wire at a kill is charged. (A kill between the note and
+    # the request leaving makes a charge with no bill: more rows, never fewer.)
+    if len(lost_rows) < in_flight_repaid:
+        problems.append(f"calls paid on the wire: {in_flight_repaid}, charged: {len(lost_rows)}")
 
     resumed = sorted(chaos.resumed_s)
     by_how = Counter(k.how for k in chaos.kills)
@@ -114,6 +122,8 @@ def verify(chaos: Chaos, db: Database, r: redis.Redis, sim_url: str,
                                                    for v in tool_runs.values())},
         "provider": {
             "ledger_rows": len(ledger), "ledger_usd": sum(x.cost_nanos for x in ledger) / 1e9,
+            "lost_calls_charged": len(lost_rows),
+            "lost_calls_usd": sum(x.cost_nanos for x in lost_rows) / 1e9,
             "paid_requests": sum(len(v) for v in paid.values()),
             "replayed_from_journal": llm_replays,
             "repaid_kill_on_the_wire": in_flight_repaid,

@@ -15,7 +15,8 @@ times. Every dead worker is replaced. Then:
   log shows no step paid twice after its answer had arrived: a step replayed from
   its journal has no request after the journaled answer, and every extra paid
   request of a step was on the wire when a worker died (the killed worker never
-  saw that answer: unavoidable without provider-side idempotency);
+  saw that answer: unavoidable without provider-side idempotency), and each of
+  those is charged in the ledger (a row of its own, at its reservation);
 - every task a kill interrupted made progress again within 60 s.
 
 The figures go to tests/chaos/last-run.json and the test output. Run it with

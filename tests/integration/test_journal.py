@@ -105,3 +105,47 @@ def test_a_kill_after_the_answer_replays_it_instead_of_calling_again(
         wait_for(lambda: not r.keys("celeriac:journal:*"), timeout=10, what="journal cleared")
     finally:
         survivor.stop()
+
+
+def test_a_call_its_worker_died_with_is_charged_not_forgotten(
+    journaled: tuple[Flask, dict[str, str], redis.Redis], simulator: Any, tmp_path: Path,
+) -> None:
+    """A worker SIGKILLed while its request is on the wire never sees the answer; the
+    provider billed it anyway, and the rerun pays for a second call. The ledger, the
+    run's cost and the daily budget count both: the lost one at its reservation."""
+    app, env, r = journaled
+    client = app.test_client()
+    celery = app.extensions["celeriac"].queue.celery
+    doomed = start_worker(env, tmp_path, ping=celery, concurrency=2)
+    task_id = submit(client, {"input": "Hello", "metadata": {
+        "simulator": {"latency_ms": 3000}}})
+    step_id = f"{task_id}-0-llm"
+    wait_for(lambda: r.keys(f"celeriac:journal:{step_id}:wire:*"), timeout=60,
+             what="the first call on the wire")
+    doomed.kill()  # SIGKILL, the request sent and its answer 3 s away
+    survivor = start_worker(env, tmp_path, ping=celery, concurrency=2)
+    try:
+        doc = wait_terminal(client, task_id, timeout=90)
+        assert doc["status"] == "completed", doc
+        db = app.extensions["celeriac"].services.db
+        with db.reader() as s:
+            ledger = sorted(s.scalars(select(LedgerEntry).where(LedgerEntry.run_id == task_id)),
+                            key=lambda row: row.step_id)
+            step = s.get(Step, step_id)
+            assert step is not None and step.recoveries == 1
+        # The provider was paid twice for the step: both calls reached it and answered.
+        wait_for(lambda: len([e for e in httpx.get(f"{simulator.url}/_sim/log",
+                                                   timeout=10).json()
+                              if e.get("step") == step_id and e.get("status") == 200]) == 2,
+                 timeout=30, what="both paid calls in the simulator's log")
+        assert [row.step_id.split("#")[0] for row in ledger] == [step_id, step_id]
+        own, lost = ledger
+        assert lost.step_id.startswith(f"{step_id}#w") and own.step_id == step_id
+        # The lost call is charged at its reservation: at least what an answer cost.
+        assert lost.cost_nanos >= own.cost_nanos > 0
+        assert doc["usage"]["cost_usd"] == pytest.approx((own.cost_nanos + lost.cost_nanos) / 1e9)
+        spent = int(r.hget(f"celeriac:budget:{own.day}:tenant:{own.tenant}", "spent") or 0)
+        assert spent == own.cost_nanos + lost.cost_nanos
+        assert not r.keys("celeriac:journal:*:wire:*")  # the note was charged and forgotten
+    finally:
+        survivor.stop()
