@@ -47,11 +47,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "Body too large",
         415: "Content-Type is not application/json",
         422: "Invalid field, unknown agent or model, or provider not configured",
-        429: "A daily budget is spent (Retry-After: seconds until it resets)",
+        429: "A daily budget is spent, or too many requests for this API key (Retry-After)",
         503: "Broker unavailable",
     }
     return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
 
+
+_AUTH_ERRORS = {
+    401: "No valid API key (required once any key exists, and always outside dev mode)",
+    429: "Too many requests for this API key (Retry-After), or a daily budget is spent",
+}
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -200,10 +205,23 @@ def build_document() -> dict[str, Any]:
             }
         },
     }
+    # Every /agent/* operation is behind the API-key check (app.auth): 401 without a
+    # valid key (once any key exists, or always outside dev mode), 429 past the key's
+    # request rate. Not declared as a security requirement: dev mode without keys is
+    # open, and the document describes every mode.
+    for path, operations in paths.items():
+        if path.startswith("/agent/"):
+            for operation in operations.values():
+                responses = operation["responses"]
+                responses.setdefault("401", _json("ErrorResponse", _AUTH_ERRORS[401]))
+                responses.setdefault("429", _json("ErrorResponse", _AUTH_ERRORS[429]))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Celeriac", "version": __version__,
-                 "description": "A production runtime for tool-calling LLM agents on Celery."},
+                 "description": "A production runtime for tool-calling LLM agents on Celery. "
+                                "Send an API key as `Authorization: Bearer <key>` (`celeriac "
+                                "keys create TENANT`); dev mode is open until the first "
+                                "key exists."},
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},
     }

@@ -38,12 +38,18 @@ from celeriac.budget.gate import BudgetGate, Reservation
 from celeriac.budget.keeper import Refusal
 from celeriac.cache import ResponseCache
 from celeriac.catalog import ModelSpec
-from celeriac.errors import BudgetExceeded, ProviderError, RateLimited, TransientProviderError
+from celeriac.errors import (
+    BudgetExceeded,
+    ProviderError,
+    RateLimited,
+    RequestExceedsTPM,
+    TransientProviderError,
+)
 from celeriac.failpoints import NO_FAILPOINTS, Failpoints
 from celeriac.journal import CallOnWire, JournaledCall, StepJournal
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import Limits
-from celeriac.limits.ratelimit import Grant, RateLimiter, RequestExceedsTPM
+from celeriac.limits.ratelimit import Grant, RateLimiter
 from celeriac.pricing import cost_nanos, price_of
 from celeriac.providers.base import LLMRequest, LLMResponse, Provider
 from celeriac.providers.registry import ProviderRegistry

@@ -11,7 +11,8 @@
     │   ├── TransientProviderError   (retry: 429, 5xx, 529, timeouts, connection)
     │   │   └── RateLimited
     │   └── PermanentProviderError   (fail at once: 400, 401, 403, 404, policy)
-    │       └── ContextWindowExceeded
+    │       ├── ContextWindowExceeded
+    │       └── RequestExceedsTPM  (one call over a model's whole tokens per minute)
     ├── ToolError                 (shown to the model as a tool result, never a crash)
     ├── BudgetExceeded            (a call would pass a task, tenant or global cap)
     ├── BudgetSpent               (a daily cap is used up: 429 until it resets)
@@ -93,6 +94,18 @@ class PermanentProviderError(ProviderError):
 
 class ContextWindowExceeded(PermanentProviderError):
     code = "context_window_exceeded"
+
+
+class RequestExceedsTPM(PermanentProviderError):
+    """One call's estimated tokens exceed the model's whole tokens per minute: no wait
+    makes room for it (a provider rejects such a request), so it fails at once."""
+
+    code = "request_exceeds_tpm_limit"
+
+    def __init__(self, model: str, tokens: int, tpm: int):
+        super().__init__(f"a call to {model} is estimated at {tokens} tokens (prompt and "
+                         f"max_tokens), more than its limit of {tpm} tokens per minute")
+        self.model, self.tokens, self.tpm = model, tokens, tpm
 
 
 class ToolError(CeleriacError):

@@ -92,11 +92,10 @@ def orphaned_steps(redis: Redis) -> dict[str, list[str]]:
     if not nodes:
         return {}
     alive = redis.mget([keys.worker_alive(node) for node in nodes])
-    take = redis.register_script(_TAKE)
     orphans: dict[str, list[str]] = {}
     for node, beat in zip(nodes, alive, strict=True):
         if beat is None:
-            held = take(keys=[keys.worker_held(node), keys.WORKERS_HOLDING], args=[node])
+            held = redis.eval(_TAKE, 2, keys.worker_held(node), keys.WORKERS_HOLDING, node)
             if held:
                 orphans[node] = [_text(step_id) for step_id in held]
     return orphans

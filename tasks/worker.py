@@ -151,29 +151,28 @@ def _hold_step(request: Any = None, **_: Any) -> None:
                                                          step=request.id, error=repr(exc))
 
 
-def _release_step(task_id: str | None, task: Any) -> None:
-    if task_id is None or getattr(task, "name", None) not in _STEP_TASKS:
+def _release_step(step_id: str, name: str | None, node: str | None) -> None:
+    if name not in _STEP_TASKS:
         return
-    holdings = _holdings_for(getattr(task.request, "hostname", None))
+    holdings = _holdings_for(node)
     if holdings is not None:
         try:
-            holdings.release(task_id)
+            holdings.release(step_id)
         except Exception as exc:  # a stale note costs at most one harmless copy
             structlog.get_logger("tasks.worker").warning("holdings_release_failed",
-                                                         step=task_id, error=repr(exc))
+                                                         step=step_id, error=repr(exc))
 
 
 @signals.task_postrun.connect
 def _release_finished_step(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    _release_step(task_id, task)
+    if task_id is not None and task is not None:
+        _release_step(task_id, task.name, getattr(task.request, "hostname", None))
 
 
 @signals.task_revoked.connect
 def _release_revoked_step(request: Any = None, **_: Any) -> None:
-    if request is not None and request.name in _STEP_TASKS:
-        holdings = _holdings_for(getattr(request, "hostname", None))
-        if holdings is not None:
-            holdings.release(request.id)
+    if request is not None:
+        _release_step(request.id, request.name, getattr(request, "hostname", None))
 
 
 @signals.worker_shutdown.connect

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from celeriac import keys
-from celeriac.errors import PermanentProviderError
+from celeriac.errors import RequestExceedsTPM
 from celeriac.limits.config import Limits
 
 # KEYS: pause, slowdown, then one bucket per limit. ARGV: max wait, recover_s (µs),
@@ -152,18 +152,6 @@ def paced_rpm(limits: Limits, rpm: int) -> int:
     ``jitter_s`` can shift into the same rolling 60 s window."""
     headroom = limits.burst + 1 + math.ceil(limits.jitter_s * rpm / 60)
     return max(1, rpm - headroom)
-
-
-class RequestExceedsTPM(PermanentProviderError):
-    """One call's estimated tokens exceed the model's whole tokens per minute: no wait
-    makes room for it (a provider rejects such a request), so it fails at once."""
-
-    code = "request_exceeds_tpm_limit"
-
-    def __init__(self, model: str, tokens: int, tpm: int):
-        super().__init__(f"a call to {model} is estimated at {tokens} tokens (prompt and "
-                         f"max_tokens), more than its limit of {tpm} tokens per minute")
-        self.model, self.tokens, self.tpm = model, tokens, tpm
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Barrier
+from typing import Any
 
 import pytest
 import redis
@@ -15,10 +16,10 @@ from celeriac import keys
 from celeriac.cache import ResponseCache
 from celeriac.calling import Caller, CallFailed, exhausted
 from celeriac.catalog import ModelSpec, Price
-from celeriac.errors import TransientProviderError
+from celeriac.errors import RequestExceedsTPM, TransientProviderError
 from celeriac.limits.breaker import CircuitBreaker
 from celeriac.limits.config import BreakerSettings, Limits, ModelLimits
-from celeriac.limits.ratelimit import Grant, RateLimiter, RequestExceedsTPM
+from celeriac.limits.ratelimit import Grant, RateLimiter
 from celeriac.providers.base import LLMRequest
 from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
 from celeriac.retry import RetryPolicy
@@ -156,12 +157,7 @@ def test_the_caller_fails_a_call_over_the_tpm_without_sending_it(r: redis.Redis)
     simulator = start_in_thread()
     try:
         limits = Limits(models={"m": ModelLimits(tpm=1_000)})
-        model = ModelSpec(id="m", provider="anthropic", context_window=200_000,
-                          max_output_tokens=4096, price=Price(1.0, 5.0, 1.25, 0.1))
-        providers = ProviderRegistry({"anthropic": ProviderEndpoint("sim-key", simulator.url)})
-        caller = Caller(providers=providers, limiter=RateLimiter(r, limits),
-                        breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
-                        limits=limits)
+        model, caller = _simulated_caller(r, simulator, limits, max_output_tokens=4096)
         request = LLMRequest(model="m", system="", max_tokens=2_000, tools=[],
                              messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(CallFailed) as failed:
@@ -362,13 +358,7 @@ def test_a_200_showing_nothing_left_slows_the_pace_instead_of_pausing(r: redis.R
     simulator = start_in_thread(rpm=2)
     try:
         limits = Limits(models={"m": ModelLimits(rpm=600)})
-        # Priced: the caller prices every answer (it journals the cost with it).
-        model = ModelSpec(id="m", provider="anthropic", context_window=200_000,
-                          max_output_tokens=1024, price=Price(1.0, 5.0, 1.25, 0.1))
-        providers = ProviderRegistry({"anthropic": ProviderEndpoint("sim-key", simulator.url)})
-        caller = Caller(providers=providers, limiter=RateLimiter(r, limits),
-                        breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
-                        limits=limits)
+        model, caller = _simulated_caller(r, simulator, limits, max_output_tokens=1024)
         request = LLMRequest(model="m", system="", max_tokens=16, tools=[],
                              messages=[{"role": "user", "content": "hi"}])
         for _ in range(2):
@@ -381,3 +371,16 @@ def test_a_200_showing_nothing_left_slows_the_pace_instead_of_pausing(r: redis.R
         assert all(e["slot"] and 0 <= e["ts"] - e["slot"] < 5 for e in simulator.log())
     finally:
         simulator.stop()
+
+
+def _simulated_caller(r: redis.Redis, simulator: Any, limits: Limits, *,
+                      max_output_tokens: int) -> tuple[ModelSpec, Caller]:
+    """A Caller for model "m" on the simulator's Anthropic endpoint. Priced: the
+    caller prices every answer (it journals the cost with it)."""
+    model = ModelSpec(id="m", provider="anthropic", context_window=200_000,
+                      max_output_tokens=max_output_tokens, price=Price(1.0, 5.0, 1.25, 0.1))
+    providers = ProviderRegistry({"anthropic": ProviderEndpoint("sim-key", simulator.url)})
+    caller = Caller(providers=providers, limiter=RateLimiter(r, limits),
+                    breaker=CircuitBreaker(r, limits.breaker), cache=ResponseCache(r),
+                    limits=limits)
+    return model, caller
