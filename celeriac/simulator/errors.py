@@ -52,6 +52,7 @@ ERROR_KINDS: dict[int, ErrorKind] = {
     500: ErrorKind("api_error", "server_error", None),
     502: ErrorKind("api_error", "server_error", "bad_gateway"),
     503: ErrorKind("api_error", "server_error", "service_unavailable"),
+    504: ErrorKind("timeout_error", "server_error", "gateway_timeout"),
     529: ErrorKind("overloaded_error", "server_error", "overloaded"),
 }
 

@@ -2,7 +2,7 @@
 override them for one request, so a test can break exactly the call it means to.
 
     x-sim-latency-ms    milliseconds to wait before answering
-    x-sim-fault         429 | 500 | 502 | 503 | 529 | 400 | 401 | 403 | 404 | timeout
+    x-sim-fault         429 | 500 | 502 | 503 | 504 | 529 | 400 | 401 | 403 | 404 | timeout
     x-sim-timeout-s     how long "timeout" holds the request before hanging up (30)
     x-sim-fault-rate    probability of a random 429, 500, 503 or 529
     x-sim-retry-after   retry-after, in seconds, sent with injected 429s
@@ -19,7 +19,7 @@ from celeriac.simulator.config import SimConfig
 from celeriac.simulator.errors import BadRequest
 
 TIMEOUT = "timeout"
-FORCED_STATUSES = (429, 500, 502, 503, 529, 400, 401, 403, 404)
+FORCED_STATUSES = (429, 500, 502, 503, 504, 529, 400, 401, 403, 404)
 RANDOM_STATUSES = (429, 500, 503, 529)
 
 

@@ -1,7 +1,8 @@
 """Provider resilience on two real worker processes against the simulated provider
 injecting faults: the global rate limit, retries, retry-after, fallbacks both ways
 (after retries, an open circuit, a rate-limit wait past its bound), the circuit
-breaker, permanent errors, the response cache."""
+breaker, transient errors (502, 504, a hang-up, the SDK's own timeout), permanent
+errors, the response cache."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ LIMITS = {
     # short backoffs to keep the test quick.
     "retries": {"attempts_per_model": 4, "backoff_base_s": 0.2, "backoff_cap_s": 2},
 }
+# The SDKs' own request timeout on these workers: short, so the slow-provider test
+# sees real client timeouts quickly (no other test here waits on the provider).
+PROVIDER_TIMEOUT_S = 1.5
 CACHED_MODEL = "claude-haiku-4-20250514"
 EXTRA_AGENTS = f'''
 [agents.cached]
@@ -84,6 +88,7 @@ def resilient(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactor
     env = stack_env(redis_url, f"sqlite:///{tmp / 'store.db'}", simulator.url)
     env["CELERIAC_CONFIG_DIR"] = str(config_with_agents(tmp / "config", EXTRA_AGENTS))
     env["CELERIAC_LIMITS"] = json.dumps(LIMITS)
+    env["CELERIAC_PROVIDER_TIMEOUT_S"] = str(PROVIDER_TIMEOUT_S)
     app = create_app(settings_from(env), configure_logs=False)
     celery = app.extensions["celeriac"].queue.celery
     workers = [start_worker(env, tmp, ping=celery, concurrency=8) for _ in range(2)]
@@ -279,14 +284,14 @@ def test_consecutive_failures_open_the_circuit(resilient: Resilient) -> None:
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
     [("502", 502, "provider_unavailable"),
+     ("504", 504, "provider_unavailable"),
      # The simulator holds the request, then hangs up without an answer.
      ("timeout", None, "provider_connection_error")],
-    ids=["502", "hang-up"],
+    ids=["502", "504", "hang-up"],
 )
 def test_transient_errors_are_retried_then_the_chain_serves(
     resilient: Resilient, fault: str, status: int | None, code: str
 ) -> None:
-    # (The simulator cannot inject a 504: it is in TRANSIENT_STATUSES like 502.)
     faults = {"models": {LIMITED_MODEL: {"fault": fault, "timeout_s": "0.3"}}}
     task_id = submit(resilient.client, {"input": "Hi", "metadata": {"simulator": faults}})
     doc = wait_terminal(resilient.client, task_id, timeout=60)
@@ -303,6 +308,26 @@ def test_transient_errors_are_retried_then_the_chain_serves(
              timeout=10, what="the four failed attempts in the provider's log")
     assert [e["status"] for e in resilient.calls(task_id) if e["model"] == LIMITED_MODEL] \
         == [None if fault == "timeout" else status] * 4
+
+
+def test_a_provider_slower_than_the_client_timeout_is_retried_then_falls_back(
+    resilient: Resilient,
+) -> None:
+    # The primary answers, but only after PROVIDER_TIMEOUT_S: the SDK gives up on
+    # each attempt (its own timeout, not a hang-up), and the chain serves.
+    slow_ms = int(PROVIDER_TIMEOUT_S * 1000 * 3)
+    faults = {"models": {LIMITED_MODEL: {"latency_ms": slow_ms}}}
+    task_id = submit(resilient.client, {"input": "Hi", "metadata": {"simulator": faults}})
+    doc = wait_terminal(resilient.client, task_id, timeout=90)
+    assert doc["status"] == "completed", doc
+    step = doc["steps"][0]
+    assert (step["model"], step["fallback_reason"]) == ("claude-haiku-4-20250514",
+                                                         "retries_exhausted")
+    failed = [(a["model"], a["status"], a["code"]) for a in step["attempt_log"] if not a["ok"]]
+    assert failed == [(LIMITED_MODEL, None, "provider_timeout")] * 4
+    # Each attempt gave up at the client's timeout, long before the provider answered.
+    assert all(a["latency_ms"] < slow_ms for a in step["attempt_log"] if not a["ok"]), \
+        step["attempt_log"]
 
 
 @pytest.mark.parametrize(
