@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     services = Services(settings)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     queue = StepQueue(settings)
-    flask_app.extensions["celeriac"] = WebContext(services=services, queue=queue)
+    authenticator = Authenticator(services.db)
+    flask_app.extensions["celeriac"] = WebContext(services=services, queue=queue,
+                                                  authenticator=authenticator)
 
     def _webhook_on_cancel(report: RunReport) -> None:
         delivery_id = webhook_event(services.db, report)
@@ -53,7 +55,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     services.loop.on_webhook = _webhook_on_cancel
     register_error_handlers(flask_app)
-    install_auth(flask_app, Authenticator(services.db))
+    install_auth(flask_app, authenticator)
     for blueprint in (api.bp, dashboard.bp, events.bp, health.bp, openapi.bp, providers.bp,
                       web.bp):
         flask_app.register_blueprint(blueprint)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from app.queueing import StepQueue
+from celeriac.auth import Authenticator
 from celeriac.services import Services
 
 
@@ -14,6 +15,7 @@ from celeriac.services import Services
 class WebContext:
     services: Services
     queue: StepQueue
+    authenticator: Authenticator
 
 
 def web() -> WebContext:

@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from pydantic.json_schema import models_json_schema
 
 from app import schemas
+from app.context import web
 from celeriac import __version__
 
 bp = Blueprint("openapi", __name__)
@@ -61,7 +62,18 @@ _AUTH_ERRORS = {
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def build_document() -> dict[str, Any]:
+# How a client sends its key: the scheme code generators and API tools read.
+_BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key, from `celeriac keys create TENANT` (printed once).",
+}
+
+
+def build_document(*, key_required: bool = True) -> dict[str, Any]:
+    """The document. ``key_required``: whether this server refuses /agent/* without a
+    key (outside dev mode, or once any key exists); in dev mode before the first key
+    the key is declared optional, as it is."""
     _, defs = models_json_schema(
         [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
@@ -207,11 +219,15 @@ def build_document() -> dict[str, Any]:
     }
     # Every /agent/* operation is behind the API-key check (app.auth): 401 without a
     # valid key (once any key exists, or always outside dev mode), 429 past the key's
-    # request rate. Not declared as a security requirement: dev mode without keys is
-    # open, and the document describes every mode.
+    # request rate. The requirement says what this server does now: required, or
+    # optional (the empty alternative) in dev mode before the first key.
+    security: list[dict[str, list[str]]] = [{"apiKey": []}]
+    if not key_required:
+        security.append({})
     for path, operations in paths.items():
         if path.startswith("/agent/"):
             for operation in operations.values():
+                operation["security"] = security
                 responses = operation["responses"]
                 responses.setdefault("401", _json("ErrorResponse", _AUTH_ERRORS[401]))
                 responses.setdefault("429", _json("ErrorResponse", _AUTH_ERRORS[429]))
@@ -223,10 +239,13 @@ def build_document() -> dict[str, Any]:
                                 "keys create TENANT`); dev mode is open until the first "
                                 "key exists."},
         "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {"schemas": defs.get("$defs", {}), "securitySchemes": {"apiKey": _BEARER}},
     }
 
 
 @bp.get("/openapi.json")
 def openapi() -> ResponseReturnValue:
-    return jsonify(build_document())
+    context = web()
+    key_required = (not context.services.settings.dev_mode
+                    or context.authenticator.keys_exist())
+    return jsonify(build_document(key_required=key_required))

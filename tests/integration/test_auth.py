@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import redis
@@ -56,12 +57,32 @@ def closed_api(
     redis.Redis.from_url(redis_url).flushdb()
 
 
+def _declared_security(api: FlaskClient) -> set[str]:
+    """How /openapi.json says each /agent/* operation authenticates: "bearer"
+    (required) or "optional" (bearer, or nothing)."""
+    doc = api.get("/openapi.json").get_json()
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": ANY}
+    declared = set()
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            if not path.startswith("/agent/"):
+                assert "security" not in operation, path
+                continue
+            security = operation["security"]
+            declared.add("optional" if {} in security else "bearer")
+            assert {"apiKey": []} in security, path
+    return declared
+
+
 def test_open_until_the_first_key_then_closed_everywhere(api: FlaskClient) -> None:
     assert api.application.extensions["celeriac"].services.settings.dev_mode is True
     open_task = api.post("/agent/run", json={"input": "hi"})
     assert open_task.status_code == 202
     assert api.get("/agent/dashboard/data").status_code == 200
+    assert _declared_security(api) == {"optional"}  # as it is, before the first key
     key = create_key(_db(api), "acme")
+    assert _declared_security(api) == {"bearer"}
     assert key.startswith("clk_")
     # Closed at once: the very next request, not after some cache expires (a window
     # in which the first key's creation left the API open).
@@ -163,6 +184,7 @@ def test_outside_dev_mode_closed_before_the_first_key(closed_api: FlaskClient) -
         assert error["code"] == "unauthorized"
         assert "celeriac keys create TENANT" in error["message"], error
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert _declared_security(closed_api) == {"bearer"}
     # Probes, the schema and the pages themselves carry no tenant's data: still open.
     for path in ("/healthz", "/readyz", "/openapi.json", "/", "/dashboard",
                  "/static/dashboard.js", "/static/apikey.js"):
