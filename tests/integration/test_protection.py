@@ -1,11 +1,13 @@
-"""Outside dev mode the exporter's /metrics and Flower are protected, and neither
-starts without its credentials: each started for real, as the Procfile runs it."""
+"""Outside dev mode the exporter's /metrics and Flower (its /metrics included) are
+protected, and neither starts without its credentials: each started for real, as the
+Procfile runs it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +130,63 @@ def test_flower_refuses_to_start_without_basic_auth(prod_env: dict[str, str]) ->
     assert "FLOWER_BASIC_AUTH" in result.stdout + result.stderr
 
 
-def test_flower_asks_for_its_login(prod_env: dict[str, str], tmp_path: Path) -> None:
+@contextmanager
+def _flower(env: dict[str, str], log: Path) -> Iterator[str]:
+    """Flower started as the Procfile starts it; yields its base URL."""
     port = free_port()
-    log = tmp_path / "flower.log"
-    env = {**prod_env, "CELERIAC_FLOWER_PORT": str(port),
-           "FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN)}
-    process = _start(flower_command(), env, log)
+    process = _start(flower_command(), {**env, "CELERIAC_FLOWER_PORT": str(port)}, log)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _serving(f"{base}/healthcheck", process, log), timeout=90,
                  interval=0.3, what="Flower to serve")
-        for path in ("/", "/workers", "/api/workers"):
+        yield base
+    finally:
+        _stop(process)
+
+
+def test_flower_asks_for_its_login(prod_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**prod_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN)}
+    with _flower(env, tmp_path / "flower.log") as base:
+        for path in ("/", "/workers", "/api/workers", "/metrics"):
             assert httpx.get(base + path, timeout=10).status_code == 401, path
             wrong = httpx.get(base + path, auth=(FLOWER_LOGIN[0], "nope"), timeout=10)
             assert wrong.status_code == 401, path
         assert httpx.get(base + "/", auth=FLOWER_LOGIN, timeout=10).status_code == 200
-    finally:
-        _stop(process)
+        # No CELERIAC_METRICS_TOKEN here: no bearer token opens /metrics, not even empty.
+        for header in ("Bearer", "Bearer None", f"Bearer {TOKEN}"):
+            denied = httpx.get(base + "/metrics", headers={"Authorization": header},
+                               timeout=10)
+            assert denied.status_code == 401, header
+
+
+def test_flower_metrics_take_the_metrics_token_or_the_login(
+    prod_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**prod_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN),
+           "CELERIAC_METRICS_TOKEN": TOKEN}
+    with _flower(env, tmp_path / "flower.log") as base:
+        url = base + "/metrics"
+        bare = httpx.get(url, timeout=10)
+        assert bare.status_code == 401
+        assert "flower_" not in bare.text
+        for wrong in (f"Bearer {TOKEN}x", TOKEN, f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}",
+                      f"bearer {TOKEN}"):
+            denied = httpx.get(url, headers={"Authorization": wrong}, timeout=10)
+            assert denied.status_code == 401, wrong
+            assert "flower_" not in denied.text, wrong
+        assert httpx.get(url, auth=(FLOWER_LOGIN[0], "nope"), timeout=10).status_code == 401
+
+        by_token = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert by_token.status_code == 200
+        assert "flower_events_total" in by_token.text  # Flower's real metrics
+        by_login = httpx.get(url, auth=FLOWER_LOGIN, timeout=10)
+        assert by_login.status_code == 200
+        assert "flower_events_total" in by_login.text
+
+        # The token opens /metrics only, not the UI or the API.
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        for path in ("/", "/api/workers"):
+            assert httpx.get(base + path, headers=bearer, timeout=10).status_code == 401, path
+        # Probes carry no credentials.
+        health = httpx.get(base + "/healthcheck", timeout=10)
+        assert (health.status_code, health.text) == (200, "OK")

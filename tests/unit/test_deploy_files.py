@@ -1177,16 +1177,19 @@ def test_compose_exporter_healthcheck_sends_the_token() -> None:
     assert_probe_sends_the_token(list(test[1:]), {}, "compose exporter healthcheck")
 
 
-def test_prometheus_scrapes_the_exporter_with_its_token() -> None:
-    """The exporter's scrape job sends a bearer token read from a file that Compose
-    fills from the very variable the exporter's token comes from."""
+@pytest.mark.parametrize("service", ["exporter", "flower"])
+def test_prometheus_scrapes_with_the_metrics_token(service: str) -> None:
+    """The exporter's and Flower's scrape jobs send a bearer token read from a file that
+    Compose fills from the very variable the service's token comes from (outside dev
+    mode config/flowerconfig.py guards Flower's /metrics with the exporter's token)."""
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     services = compose_services()
-    port = parse_command(services["exporter"]["command"]).options["--port"]
+    # Flower's default port, when its command names none (the exporter's always does).
+    port = parse_command(services[service]["command"]).options.get("--port", "5555")
     (job,) = [j for j in config["scrape_configs"]
-              if any(f"exporter:{port}" in s["targets"] for s in j["static_configs"])]
+              if any(f"{service}:{port}" in s["targets"] for s in j["static_configs"])]
     authorization = job.get("authorization")
-    assert authorization, "Prometheus would scrape the exporter without its token: 401"
+    assert authorization, f"Prometheus would scrape {service} without its token: 401"
     assert authorization.get("type", "Bearer") == "Bearer"
     assert "credentials" not in authorization, "no token in prometheus.yml itself"
     path = PurePosixPath(authorization["credentials_file"])
@@ -1198,12 +1201,28 @@ def test_prometheus_scrapes_the_exporter_with_its_token() -> None:
     entry = granted[path.name]
     assert isinstance(entry, str) or entry.get("target", path.name) == path.name
     source = compose()["secrets"][path.name]
-    token_source = services["exporter"]["environment"]["CELERIAC_METRICS_TOKEN"]
+    token_source = services[service]["environment"].get("CELERIAC_METRICS_TOKEN")
+    assert token_source, f"compose {service}: no CELERIAC_METRICS_TOKEN, every scrape 401s"
     match = _INTERPOLATION.fullmatch(str(token_source))
-    assert match, f"the exporter's token is not taken from a host variable: {token_source!r}"
+    assert match, f"{service}'s token is not taken from a host variable: {token_source!r}"
     assert source.get("environment") == match.group(1), (
-        f"secret {path.name} and the exporter's token come from different variables"
+        f"secret {path.name} and {service}'s token come from different variables"
     )
+
+
+def test_k8s_flower_takes_the_exporters_token() -> None:
+    """Whatever scrapes both pods sends one token: Flower's comes from the same key."""
+
+    def token_ref(process: str) -> dict[str, Any]:
+        env = only_container(k8s_deployment(process)).get("env", [])
+        refs = [e["valueFrom"]["secretKeyRef"] for e in env
+                if e["name"] == "CELERIAC_METRICS_TOKEN" and "valueFrom" in e]
+        assert refs, f"k8s {process}: no CELERIAC_METRICS_TOKEN from a Secret"
+        return refs[0]  # type: ignore[no-any-return]
+
+    flower, exporter = token_ref("flower"), token_ref("exporter")
+    assert (flower["name"], flower["key"]) == (exporter["name"], exporter["key"])
+    assert not flower.get("optional", False), "an optional token leaves /metrics 401"
 
 
 def k8s_env(container: dict[str, Any], operator_value: str) -> dict[str, str]:
