@@ -13,7 +13,7 @@ import pytest
 
 from app import create_app
 from tests.conftest import settings_from, stack_env
-from tests.support.runs import TERMINAL, status, submit, wait_terminal
+from tests.support.runs import submit, wait_terminal
 from tests.support.services import (
     free_port,
     redis_answers,
@@ -80,7 +80,7 @@ def test_tasks_survive_a_redis_restart(private_redis: PrivateRedis, simulator: A
         private_redis.kill()
         private_redis.start()  # same --dir: the AOF brings the queues back
 
-        def ended(task_id: str) -> dict[str, Any] | None:
+        def worker_alive() -> None:
             # The same worker, never restarted: one that exited on the outage (celery
             # 5.7.0 did, 1 run in 8) fails here at once, with its log, rather than as
             # a task that never ends.
@@ -88,11 +88,9 @@ def test_tasks_survive_a_redis_restart(private_redis: PrivateRedis, simulator: A
             assert code is None, (
                 f"the worker exited ({code}) instead of reconnecting:\n{worker.log()[-4000:]}"
             )
-            doc = status(client, task_id)
-            return doc if doc["status"] in TERMINAL else None
 
-        docs = [wait_for(lambda t=task_id: ended(t), timeout=240, interval=0.2,
-                         what=f"task {task_id} to end") for task_id in ids]
+        docs = [wait_terminal(client, task_id, timeout=240, check=worker_alive)
+                for task_id in ids]
         assert [d["status"] for d in docs] == ["completed"] * len(ids)
         after = wait_terminal(client, submit(client, {"input": "after the restart"}))
         assert after["status"] == "completed"

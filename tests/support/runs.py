@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -25,8 +26,19 @@ def status(client: FlaskClient, task_id: str) -> dict[str, Any]:
     return doc
 
 
-def wait_terminal(client: FlaskClient, task_id: str, timeout: float = 60) -> dict[str, Any]:
+def wait_terminal(
+    client: FlaskClient,
+    task_id: str,
+    timeout: float = 60,
+    *,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Wait for the task to end. ``check`` runs before each look and may fail the
+    wait at once (a worker that died, say) instead of at the timeout."""
+
     def done() -> dict[str, Any] | None:
+        if check is not None:
+            check()
         doc = status(client, task_id)
         return doc if doc["status"] in TERMINAL else None
 
