@@ -17,9 +17,11 @@ from app.auth import install_auth
 from app.context import WebContext
 from app.errors import register_error_handlers
 from app.queueing import StepQueue
+from app.streams import RunWatcher
 from celeriac.auth import Authenticator
 from celeriac.observer import RunReport
 from celeriac.services import Services
+from celeriac.views import run_versions
 from celeriac.webhooks.trigger import webhook_event
 from config.logging import configure_logging
 from config.settings import Settings
@@ -45,8 +47,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     queue = StepQueue(settings)
     authenticator = Authenticator(services.db)
+    run_watcher = RunWatcher(lambda ids: run_versions(services.db, ids), authenticator.revoked)
     flask_app.extensions["celeriac"] = WebContext(services=services, queue=queue,
-                                                  authenticator=authenticator)
+                                                  authenticator=authenticator,
+                                                  run_watcher=run_watcher)
 
     def _webhook_on_cancel(report: RunReport) -> None:
         delivery_id = webhook_event(services.db, report)

@@ -33,6 +33,12 @@ def current_tenant() -> str:
     return tenant
 
 
+def current_key_id() -> int | None:
+    """The id of the API key this request came with (None while the API is open)."""
+    key_id: int | None = g.get("key_id")
+    return key_id
+
+
 def _unauthorized(message: str) -> ResponseReturnValue:
     body, status = error_response(401, "unauthorized", message)
     return body, status, {"WWW-Authenticate": 'Bearer realm="celeriac"'}
@@ -56,6 +62,7 @@ def install_auth(app: Flask, authenticator: Authenticator) -> None:
         if principal is None:
             return _unauthorized(INVALID_KEY)
         g.tenant = principal.tenant
+        g.key_id = principal.key_id
         grant = web().services.limiter.acquire_rate(
             f"apikey:{principal.key_id}",
             per_minute=settings.api_rate_per_minute,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from app.queueing import StepQueue
+from app.streams import RunWatcher
 from celeriac.auth import Authenticator
 from celeriac.services import Services
 
@@ -16,6 +17,7 @@ class WebContext:
     services: Services
     queue: StepQueue
     authenticator: Authenticator
+    run_watcher: RunWatcher
 
 
 def web() -> WebContext:

@@ -1,8 +1,11 @@
 """Server-Sent Events of a task's status: one event per visible change.
 
 The event id is the run's version, so a client that reconnects with
-``Last-Event-ID`` gets only what changed since. The stream polls the store, which
-is cheap (one primary-key read), and ends after the terminal status.
+``Last-Event-ID`` gets only what changed since. A stream holds no thread of its own
+while it waits: it sleeps on its subscription to the process's run watcher
+(app/streams.py), which polls the store once for all streams and wakes this one
+when its run changes, or when the API key it was opened with is revoked (then the
+stream says so in an ``error`` event and ends). It ends after the terminal status.
 """
 
 from __future__ import annotations
@@ -14,48 +17,84 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 
-from app.auth import current_tenant
+from app.auth import current_key_id, current_tenant
 from app.context import web
-from celeriac.views import load_run_document, run_version
+from celeriac.errors import InvalidRequest
+from celeriac.views import load_run_document
 
 bp = Blueprint("events", __name__, url_prefix="/agent")
 
-POLL_S = 0.2
 HEARTBEAT_S = 15.0
 MAX_STREAM_S = 600.0  # the client reconnects with Last-Event-ID after this
+TERMINAL = ("completed", "failed", "cancelled")
+_MAX_EVENT_ID_DIGITS = 18  # versions are 64-bit counters
+
+
+def parse_last_event_id(raw: str | None) -> int:
+    """The version a reconnecting client has seen: ASCII digits only (``str.isdigit``
+    also takes other scripts' digits, which ``int`` then reads), and a bounded length."""
+    if raw is None or raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_EVENT_ID_DIGITS):
+        raise InvalidRequest(
+            f"Last-Event-ID must be a number of at most {_MAX_EVENT_ID_DIGITS} digits",
+            field="Last-Event-ID",
+        )
+    return int(raw)
+
+
+def _event(name: str, data: object, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 @bp.get("/events/<task_id>")
 def events(task_id: str) -> ResponseReturnValue:
-    db = web().services.db
-    load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream starts
-    raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
-    last_seen = int(raw_last) if raw_last.isdigit() else 0
+    context = web()
+    db = context.services.db
+    first = load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream
+    last_seen = parse_last_event_id(
+        request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    )
+    subscription = context.run_watcher.subscribe(task_id, current_key_id())
 
     def stream() -> Iterator[str]:
-        seen = last_seen
-        started = last_beat = time.monotonic()
-        yield "retry: 1000\n\n"
-        while time.monotonic() - started < MAX_STREAM_S:
-            state = run_version(db, task_id)
-            if state is None:
-                return
-            version, terminal = state
-            if version > seen:
-                doc = load_run_document(db, task_id)
-                seen = int(doc["version"])
-                yield f"id: {seen}\nevent: status\ndata: {json.dumps(doc)}\n\n"
-                if doc["status"] in ("completed", "failed", "cancelled"):
-                    yield "event: end\ndata: {}\n\n"
+        try:
+            seen = last_seen
+            doc: dict[str, object] | None = first
+            started = last_beat = time.monotonic()
+            yield "retry: 1000\n\n"
+            while True:
+                if subscription.revoked:
+                    yield _event("error", {"code": "unauthorized",
+                                           "message": "the API key was revoked"})
                     return
-            elif terminal:
-                yield "event: end\ndata: {}\n\n"
-                return
-            now = time.monotonic()
-            if now - last_beat > HEARTBEAT_S:
-                last_beat = now
-                yield ": keep-alive\n\n"
-            time.sleep(POLL_S)
+                if subscription.gone:
+                    return
+                if doc is None and subscription.version > seen:
+                    doc = load_run_document(db, task_id)
+                if doc is not None:
+                    version = int(str(doc["version"]))
+                    if version > seen:
+                        seen = version
+                        yield _event("status", doc, seen)
+                    if doc["status"] in TERMINAL:
+                        yield _event("end", {})
+                        return
+                    doc = None
+                now = time.monotonic()
+                left = MAX_STREAM_S - (now - started)
+                if left <= 0:
+                    return
+                if now - last_beat >= HEARTBEAT_S:
+                    last_beat = now
+                    yield ": keep-alive\n\n"
+                if subscription.woken.wait(min(left, HEARTBEAT_S - (now - last_beat))):
+                    subscription.woken.clear()
+                    if subscription.terminal and subscription.version <= seen:
+                        doc = load_run_document(db, task_id)  # ended without a new version
+        finally:
+            context.run_watcher.unsubscribe(subscription)
 
     return Response(
         stream(),

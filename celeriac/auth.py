@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -71,6 +72,18 @@ class Authenticator:
             with self._lock:
                 self._keys_exist = True
         return exist
+
+    def revoked(self, key_ids: Collection[int]) -> set[int]:
+        """Those of ``key_ids`` that are revoked (or gone): one query for every open
+        event stream of a process, so a revoked key stops streaming within seconds."""
+        if not key_ids:
+            return set()
+        with self.db.reader() as s:
+            live = set(s.scalars(
+                select(ApiKey.id).where(ApiKey.id.in_(list(key_ids)),
+                                        ApiKey.revoked_at.is_(None))
+            ))
+        return set(key_ids) - live
 
     def authenticate(self, key: str) -> Principal | None:
         with self.db.reader() as s:

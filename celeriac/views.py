@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from celeriac.clock import aware
 from celeriac.errors import NotFound
 from celeriac.pricing import nanos_to_usd
 from celeriac.store import Database, Run, Step, Thread
+from celeriac.store.schema import TERMINAL_STATUSES
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -146,6 +148,18 @@ def run_version(db: Database, run_id: str) -> tuple[int, bool] | None:
     with db.reader() as s:
         run = s.get(Run, run_id)
         return None if run is None else (run.version, run.terminal)
+
+
+def run_versions(db: Database, run_ids: Collection[str]) -> dict[str, tuple[int, bool]]:
+    """(version, terminal) of many runs in one query: the event streams' shared poll.
+    A run that no longer exists is absent from the answer."""
+    if not run_ids:
+        return {}
+    with db.reader() as s:
+        rows = s.execute(
+            select(Run.id, Run.version, Run.status).where(Run.id.in_(list(run_ids)))
+        )
+        return {row.id: (row.version, row.status in TERMINAL_STATUSES) for row in rows}
 
 
 def list_runs(

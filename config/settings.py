@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_allow: str = ""
     webhook_allow_loopback: bool = False
+    # The web tier (gunicorn, app/gunicorn_conf.py): worker processes (0: one per
+    # core, at least 2) and the connections each holds at once (slow clients and
+    # event streams included).
+    web_workers: int = 0
+    web_worker_connections: int = 10_000
     max_body_bytes: int = 1_000_000
     max_input_chars: int = 100_000
     retention_days: int = 30

@@ -420,6 +420,8 @@ def test_procfile_defaults_are_expanded() -> None:
                  "2", "--threads", "32", "--timeout", "120", "--access-logfile", "-",
                  "app:create_app()"]),
         ("web", "gunicorn --bind 0.0.0.0:8000 app:create_app()"),
+        ("web", ["gunicorn", "-c", "python:config.gunicornx", "--bind", "0.0.0.0:8000",
+                 "app:create_app()"]),
     ],
 )
 def test_command_check_rejects_drift(process: str, argv: Any) -> None:
