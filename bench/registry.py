@@ -41,6 +41,11 @@ class Sizes:
     rate_limit_window_s: float = 60.0
     fault_tasks: int = 200
     budget_tasks: int = 200
+    # slow_clients: connections held open (slow or idle, and event streams), and the
+    # requests timed of each kind (health checks, submissions) beside them.
+    slow_clients: int = 1000
+    slow_streams: int = 500
+    slow_requests: int = 300
 
 
 SIZES = {

@@ -35,6 +35,9 @@ GOALS = (
     Goal("api", "submit_ms_p50", "<=", 5, "ms"),
     Goal("api", "submit_ms_p99", "<=", 15, "ms"),
     Goal("api", "errors", "<=", 0),
+    Goal("slow_clients", "healthz_ms_p99", "<=", 100, "ms"),
+    Goal("slow_clients", "submit_ms_p99", "<=", 100, "ms"),
+    Goal("slow_clients", "errors", "<=", 0),
     Goal("memory", "worker_rss_mb", "<=", 300, "MB"),
     Goal("memory", "redis_growth_mb", "<=", 5, "MB"),
     Goal("rate_limit", "over_limit_attempts", "<=", 0),
@@ -55,6 +58,9 @@ SHOWN = {
                  "bare_celery_hop_ms_p99", "ratio_p50", "celeriac_gap_ms_p50",
                  "bare_gap_ms_p50", "samples", "load_avg_1m"),
     "api": ("rps", "requests", "submit_ms_p50", "submit_ms_p99", "errors", "load_avg_1m"),
+    "slow_clients": ("slow_connections", "open_streams", "held_open_at_end", "healthz_ms_p50",
+                     "healthz_ms_p99", "submit_ms_p50", "submit_ms_p99", "errors",
+                     "load_avg_1m"),
     "memory": ("in_flight", "worker_rss_mb", "worker_rss_idle_mb", "worker_threads",
                "redis_growth_mb", "redis_used_memory_growth_mb", "load_avg_1m"),
     "priority": ("backlog", "lows_waiting_at_first_high", "high_tasks", "high_start_ms_p50",
@@ -88,6 +94,12 @@ DEFINITIONS = """\
   requests/s on a fixed schedule (open loop), latency from the scheduled send time to
   the end of the response; errors = anything but 202. No workers; throwaway Redis
   database and store.
+- **slow_clients**: gunicorn as the Procfile's `web:` line, no worker; 1,000 slow or
+  idle connections (a third each: an unfinished header, a body announced as 1 kB of
+  which 10 bytes came, nothing at all) and 500 event streams of a queued task are
+  opened and held; then `GET /healthz` and `POST /agent/run` are timed one at a time,
+  each on a new connection (errors: no answer in 10 s, or another status).
+  `held_open_at_end`: the held connections the server had not closed when timing ended.
 - **memory**: one worker, threads pool, one thread per agent; agents wait 300 s on the
   simulator. `in_flight` = provider calls open at the peak (TCP connections to the
   simulator, cross-checked with running steps). Peak RSS of the worker process; Redis

@@ -6,10 +6,20 @@ numbers, imported below and named in ``ORDER``; to announce one that cannot run 
 """
 
 from bench.registry import REGISTRY, Workload
-from bench.workloads import api, budget, faults, memory, overhead, priority, ratelimit, throughput
+from bench.workloads import (
+    api,
+    budget,
+    faults,
+    memory,
+    overhead,
+    priority,
+    ratelimit,
+    slowclients,
+    throughput,
+)
 
-ORDER = ("throughput", "overhead", "api", "memory", "priority", "rate_limit", "faults",
-         "budget")
+ORDER = ("throughput", "overhead", "api", "slow_clients", "memory", "priority", "rate_limit",
+         "faults", "budget")
 
 
 def in_order() -> list[Workload]:
@@ -18,4 +28,4 @@ def in_order() -> list[Workload]:
 
 
 __all__ = ["ORDER", "api", "budget", "faults", "in_order", "memory", "overhead", "priority",
-           "ratelimit", "throughput"]
+           "ratelimit", "slowclients", "throughput"]
