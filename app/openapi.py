@@ -135,11 +135,13 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
                 "parameters": [_TASK_ID],
                 "responses": {
                     "200": {
-                        "description": "event: status (data: RunStatus JSON), then event: end",
+                        "description": "event: status (data: RunStatus JSON), then event: "
+                                       "end; event: error (data: {code, message}) ends "
+                                       "the stream when its API key is revoked",
                         "content": {"text/event-stream": {"schema": {
                             "type": "object",
                             "properties": {
-                                "event": {"type": "string", "enum": ["status", "end"]},
+                                "event": {"type": "string", "enum": ["status", "end", "error"]},
                                 "data": {"type": "string"},
                                 "id": {"type": "string"},
                             },
