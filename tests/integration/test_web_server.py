@@ -23,7 +23,15 @@ from bench.slowclients import hold_slow_clients, submit_body, time_requests
 from celeriac.auth import create_key, revoke_key
 from celeriac.store import Database
 from tests.conftest import REDIS_DB, stack_env
-from tests.support.services import PROJECT_DIR, RedisServer, free_port, worker_env
+from tests.support.services import (
+    IN_CI,
+    PROJECT_DIR,
+    RedisServer,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    worker_env,
+)
 from tests.support.waiting import wait_for
 
 # The issue's figure: 1,000 slow or idle connections and 500 open event streams.
@@ -63,12 +71,31 @@ def _start_web(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes],
     return process, port
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def own_store(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store of this module's own: its tests make API keys, which would close the
+    session's shared stores to every later test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('web-store') / 'store.db'}"
+        return
+    created = create_postgres_database()
+    if created is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (required in CI)")
+        pytest.skip("PostgreSQL not available locally")
+    url, name = created
+    yield url
+    drop_postgres_database(name)
+
+
 @pytest.fixture(scope="module")
-def served(redis_server: RedisServer, simulator: Any,
+def served(own_store: str, redis_server: RedisServer, simulator: Any,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """gunicorn on SQLite, then on PostgreSQL (psycopg under gevent's patched sockets)."""
     tmp = tmp_path_factory.mktemp("web")
     redis_url = redis_server.url(REDIS_DB["scratch"])
-    database_url = f"sqlite:///{tmp / 'store.db'}"
+    database_url = own_store
     env = worker_env(stack_env(redis_url, database_url, simulator.url))
     env["CELERIAC_WEB_WORKERS"] = "2"
     log = tmp / "gunicorn.log"
