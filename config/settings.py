@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret this server holds, as text: provider keys, the webhook secret
         (and its key part after ``whsec_``), the metrics token, Flower's passwords, and
-        the passwords in the Redis, broker and database URLs (as written and decoded).
+        the passwords in the Redis, broker, database and provider base URLs (as
+        written and decoded).
         The Redactor that keeps them out of everything stored, sent and logged is
         built from this list."""
         held = [self.anthropic_api_key, self.openai_api_key, self.metrics_token,
@@ -156,7 +157,8 @@ class Settings(BaseSettings):
         if self.flower_basic_auth is not None:
             for login in self.flower_basic_auth.get_secret_value().split(","):
                 values.append(login.partition(":")[2])
-        for url in (self.redis_url, self.broker_url, self.database_url):
+        for url in (self.redis_url, self.broker_url, self.database_url,
+                    self.anthropic_base_url, self.openai_base_url):
             password = urlparse(url).password if url else None
             if password:
                 values.extend((password, unquote(password)))
