@@ -20,6 +20,7 @@ from app.queueing import StepQueue
 from app.streams import RunWatcher
 from celeriac.auth import Authenticator
 from celeriac.observer import RunReport
+from celeriac.redaction import Redactor
 from celeriac.services import Services
 from celeriac.views import run_versions
 from celeriac.webhooks.trigger import webhook_event
@@ -31,9 +32,7 @@ from config.tracing import configure_tracing
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
     settings = settings or Settings()
     if configure_logs:
-        secrets = [k for k in (settings.provider_key("anthropic"),
-                               settings.provider_key("openai")) if k]
-        configure_logging(settings.log_level, secrets)
+        configure_logging(settings.log_level, Redactor(settings.secret_values()))
     flask_app = Flask(__name__)
     if configure_tracing("celeriac-web", settings.tracing):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor

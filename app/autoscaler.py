@@ -58,6 +58,7 @@ from celeriac import keys
 from celeriac.autoscale import Decision, Observation, PolicyConfig, decide, history_for
 from celeriac.metrics import RATE_LIMIT_WAITS
 from celeriac.priority import QUEUES
+from celeriac.redaction import Redactor
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -307,9 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
-    secrets = [k for k in (settings.provider_key("anthropic"), settings.provider_key("openai"))
-               if k]
-    configure_logging(settings.log_level, secrets)
+    configure_logging(settings.log_level, Redactor(settings.secret_values()))
     broker_url = settings.effective_broker_url
     if urlparse(broker_url).scheme not in ("redis", "rediss", "unix"):
         print("error: the autoscaler reads queue depth from a Redis broker; BROKER_URL is "

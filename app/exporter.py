@@ -22,6 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from celeriac.gauges import live_gauges
 from celeriac.metrics import RedisCollector
+from celeriac.redaction import Redactor
 from celeriac.services import Services
 from config.logging import configure_logging
 from config.settings import Settings
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9808)
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, Redactor(settings.secret_values()))
     app = build_app(settings)
     server = make_server(args.host, args.port, app, ThreadingWSGIServer, _QuietHandler)
     print(f"exporter serving http://{args.host}:{args.port}/metrics", flush=True)

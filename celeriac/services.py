@@ -28,6 +28,7 @@ from celeriac.limits.ratelimit import RateLimiter
 from celeriac.loop import AgentLoop
 from celeriac.metrics import RedisMetrics
 from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.redaction import Redactor
 from celeriac.retry import RetryPolicy
 from celeriac.store import Database
 from celeriac.toolbox import Toolbox
@@ -47,8 +48,13 @@ class Services:
     settings: Settings
 
     @cached_property
+    def redactor(self) -> Redactor:
+        """Keeps every secret of the settings out of what is stored and sent."""
+        return Redactor(self.settings.secret_values())
+
+    @cached_property
     def db(self) -> Database:
-        db = Database(self.settings.database_url)
+        db = Database(self.settings.database_url, redactor=self.redactor)
         db.create_schema()
         return db
 
@@ -86,7 +92,8 @@ class Services:
                 endpoints[provider] = ProviderEndpoint(
                     api_key=key, base_url=self.settings.provider_base_url(provider)
                 )
-        return ProviderRegistry(endpoints, timeout_s=self.settings.provider_timeout_s)
+        return ProviderRegistry(endpoints, timeout_s=self.settings.provider_timeout_s,
+                                redactor=self.redactor)
 
     @cached_property
     def failpoints(self) -> Failpoints:
@@ -101,7 +108,7 @@ class Services:
         registry = builtin_registry(self.settings.config_dir / "docs", memory=lambda: self.memory)
         for tool in load_extra_tools(self.settings):
             registry.register(tool)
-        return Toolbox(registry)
+        return Toolbox(registry, self.redactor)
 
     @cached_property
     def memory(self) -> MemoryIndex:

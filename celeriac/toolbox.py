@@ -1,18 +1,25 @@
 """The tools an agent version may use: the built-ins it names, plus the tools of
-the MCP servers it configures (loaded once per process and server)."""
+the MCP servers it configures (loaded once per process and server).
+
+A tool's result is outside text (a file, a web page, an MCP server's answer or
+error): it comes back with every secret redacted, before the model, the journal or
+the store sees it."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from celeriac.catalog import AgentVersion
+from celeriac.redaction import KEY_SHAPES, Redactor
 from celeriac.tools.base import ToolContext, ToolRegistry, ToolResult
 
 
 class Toolbox:
-    def __init__(self, builtins: ToolRegistry):
+    def __init__(self, builtins: ToolRegistry, redactor: Redactor = KEY_SHAPES):
         self._builtins = builtins
+        self._redactor = redactor
         self._mcp: dict[str, ToolRegistry] = {}
         self._lock = threading.Lock()
 
@@ -52,7 +59,8 @@ class Toolbox:
     ) -> ToolResult:
         for registry, names in self._registries(version):
             if name in names:
-                return registry.execute(name, arguments, context)
+                result = registry.execute(name, arguments, context)
+                return replace(result, content=self._redactor.text(result.content))
         return ToolResult(
             content=f"tool {name!r} is not available to agent {version.ref}", is_error=True
         )

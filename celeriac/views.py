@@ -1,4 +1,7 @@
-"""The status document the API, the event stream and the form all show."""
+"""The status document the API, the event stream, webhooks and the form all show.
+
+Documents leave through the store's Redactor: the store is written redacted, and
+this last pass also covers rows written before a secret was configured."""
 
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> di
         runs = list(
             s.scalars(select(Run).where(Run.thread_id == thread_id).order_by(Run.thread_seq))
         )
-        return {
+        return db.redactor.value({
             "thread_id": thread.id,
             "created_at": _iso(thread.created_at),
             "updated_at": _iso(thread.updated_at),
@@ -131,7 +134,7 @@ def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> di
                 }
                 for r in runs
             ],
-        }
+        })
 
 
 def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> d
         if run is None or (tenant is not None and run.tenant != tenant):
             raise NotFound(f"no task {run_id!r}")
         steps = list(s.scalars(select(Step).where(Step.run_id == run_id)))
-        return run_document(run, steps)
+        return db.redactor.value(run_document(run, steps))
 
 
 def run_version(db: Database, run_id: str) -> tuple[int, bool] | None:
@@ -193,4 +196,4 @@ def list_runs(
             }
             for r in rows
         ]
-        return items, int(total)
+        return db.redactor.value(items), int(total)

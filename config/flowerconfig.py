@@ -7,9 +7,11 @@ otherwise, so outside dev mode it refuses to start without basic auth
 ``/metrics`` skips that login, so outside dev mode this file also swaps in a handler
 that asks for ``Authorization: Bearer <CELERIAC_METRICS_TOKEN>`` (the exporter's
 token, when set) or Flower's login, and answers 401 otherwise; ``/healthcheck``
-stays open for probes. It binds to localhost unless ``CELERIAC_FLOWER_ADDRESS`` says
-otherwise. For history that survives restarts, set ``CELERIAC_FLOWER_PERSISTENT=1``
-(state in ``CELERIAC_FLOWER_DB``, default var/flower.db).
+stays open for probes. Its log lines are redacted like every other process's: no
+secret of the server's Settings reaches them. It binds to localhost unless
+``CELERIAC_FLOWER_ADDRESS`` says otherwise. For history that survives restarts,
+set ``CELERIAC_FLOWER_PERSISTENT=1`` (state in ``CELERIAC_FLOWER_DB``, default
+var/flower.db).
 """
 
 # Tornado sets every top-level name here that is also an option name (port, db,
@@ -74,6 +76,16 @@ def _protect_metrics(token: str | None) -> None:
                          "/metrics would be served without credentials")
 
 
+def _redact_logs() -> None:
+    # Imported here: every top-level name of this file is read as a Flower option.
+    from celeriac.redaction import Redactor
+    from config.logging import redact_log_records
+    from config.settings import load_settings
+
+    redact_log_records(Redactor(load_settings().secret_values()))
+
+
+_redact_logs()
 _DEV_MODE = os.environ.get("CELERIAC_DEV_MODE", "1").lower() not in ("0", "false", "no")
 if not _DEV_MODE:
     if not os.environ.get("FLOWER_BASIC_AUTH"):

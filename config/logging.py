@@ -1,43 +1,62 @@
 """structlog JSON lines, with ids bound from context and secrets scrubbed.
 
-Called by the entry points only. Standard-library loggers (Celery, gunicorn,
-SQLAlchemy) are routed through the same renderer so every line is JSON.
+Called by the entry points only, each with the Redactor of its Settings
+(``Redactor(settings.secret_values())``), so every process scrubs every secret the
+server holds. Standard-library loggers (Celery, gunicorn, SQLAlchemy) are routed
+through the same renderer so every line is JSON.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
-_KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,})")
+from celeriac.redaction import KEY_SHAPES, REDACTED, Redactor
+
 _SECRET_FIELDS = {"api_key", "authorization", "x-api-key", "password", "secret", "token"}
 
 
-def _scrubber(secrets: Iterable[str]) -> structlog.types.Processor:
-    literal = [s for s in secrets if s and len(s) >= 6]
-
-    def scrub(value: str) -> str:
-        for secret in literal:
-            value = value.replace(secret, "[REDACTED]")
-        return _KEY_PATTERN.sub("[REDACTED]", value)
-
+def _scrubber(redactor: Redactor) -> structlog.types.Processor:
     def processor(
         _logger: Any, _name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in list(event.items()):
             if key.lower() in _SECRET_FIELDS:
-                event[key] = "[REDACTED]"
-            elif isinstance(value, str):
-                event[key] = scrub(value)
+                event[key] = REDACTED
+            elif isinstance(value, str | dict | list | tuple):
+                event[key] = redactor.value(value)
+            elif isinstance(value, BaseException):
+                event[key] = redactor.text(repr(value))
         return event
 
     return processor
+
+
+def redact_log_records(redactor: Redactor) -> None:
+    """For processes whose log lines structlog does not render (Flower: tornado's
+    formatter): every log record is redacted as it is made, its message and any
+    traceback, whichever handler writes it later."""
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if isinstance(record.msg, str):
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError, KeyError):  # a bad format: keep its parts
+                message = f"{record.msg} {record.args!r}"
+            record.msg, record.args = redactor.text(message), None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redactor.text(text)
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def _add_trace_ids(
@@ -50,7 +69,7 @@ def _add_trace_ids(
     return event
 
 
-def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+def configure_logging(level: str = "INFO", redactor: Redactor = KEY_SHAPES) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_trace_ids,
@@ -58,7 +77,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        _scrubber(list(secrets)),
+        _scrubber(redactor),
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -8,7 +8,7 @@ the ``CELERIAC_`` prefix.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     thread_recheck_s: float = 2.0
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
+    # Flower's login ("user:password[,user2:password2]"), read by Flower itself; held
+    # here only so that its passwords are scrubbed like every other secret.
+    flower_basic_auth: SecretStr | None = Field(
+        None, validation_alias=_env("FLOWER_BASIC_AUTH")
+    )
     # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host
     # names a webhook may reach although private; loopback (dev only).
     webhook_secret: SecretStr | None = None
@@ -141,6 +146,28 @@ class Settings(BaseSettings):
         if self.simulate is not None:
             return self.simulate
         return self.anthropic_api_key is None and self.openai_api_key is None
+
+    def secret_values(self) -> list[str]:
+        """Every secret this server holds, as text: provider keys, the webhook secret
+        (and its key part after ``whsec_``), the metrics token, Flower's passwords, and
+        the passwords in the Redis, broker, database and provider base URLs (as
+        written and decoded).
+        The Redactor that keeps them out of everything stored, sent and logged is
+        built from this list."""
+        held = [self.anthropic_api_key, self.openai_api_key, self.metrics_token,
+                self.webhook_secret]
+        values = [s.get_secret_value() for s in held if s is not None]
+        if self.webhook_secret is not None:
+            values.append(self.webhook_secret.get_secret_value().removeprefix("whsec_"))
+        if self.flower_basic_auth is not None:
+            for login in self.flower_basic_auth.get_secret_value().split(","):
+                values.append(login.partition(":")[2])
+        for url in (self.redis_url, self.broker_url, self.database_url,
+                    self.anthropic_base_url, self.openai_base_url):
+            password = urlparse(url).password if url else None
+            if password:
+                values.extend((password, unquote(password)))
+        return [v for v in dict.fromkeys(values) if v]
 
     def provider_key(self, provider: str) -> str | None:
         secret = {"anthropic": self.anthropic_api_key, "openai": self.openai_api_key}.get(provider)

@@ -30,7 +30,7 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:  # type: ignore[type-a
         return "unconfigured"
     result = deliver(
         row.url,
-        row.payload,
+        db.redactor.value(row.payload),  # stored redacted; this is the last look
         event_id=row.event_id,
         secret=settings.webhook_secret.get_secret_value(),
         policy=services().webhook_policy,

@@ -15,6 +15,7 @@ from celery import Celery, signals
 
 from celeriac.claims import Dispatch
 from celeriac.holdings import Holdings
+from celeriac.redaction import Redactor
 from celeriac.services import Services
 from config.celery import LLM_STEP, TOOL_STEP, celery_config
 from config.logging import configure_logging
@@ -66,13 +67,10 @@ def _send_next_turn(step: Dispatch) -> None:
     send_steps(app, [step], _services.db)
 
 
-def _secrets() -> list[str]:
-    return [k for k in (settings.provider_key("anthropic"), settings.provider_key("openai")) if k]
-
-
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    configure_logging(settings.log_level, _secrets())
+    # The worker and beat alike: every secret of the settings is scrubbed from logs.
+    configure_logging(settings.log_level, Redactor(settings.secret_values()))
 
 
 @signals.worker_process_init.connect

@@ -87,14 +87,14 @@ async def _answer(
             raise SimError(
                 400, f"prompt is too long: {wanted} tokens > {config.context_window} maximum"
             )
-    faults = RequestFaults.resolve(request.headers, config)
+    faults = RequestFaults.resolve(request.headers, config, conversation)
     if faults.forced == TIMEOUT:
         entry.fault = "forced"
         await asyncio.sleep(faults.timeout_s)
         raise _HangUp
     if isinstance(faults.forced, int):
         await asyncio.sleep(faults.latency_s)
-        raise _injected(faults.forced, faults, "forced")
+        raise _injected(faults.forced, faults, "forced", key=key if faults.echo_key else None)
     admission = state.limiter.admit()
     if not admission.allowed:
         message = f"Rate limit of {admission.state.limit} requests per minute exceeded"
@@ -110,9 +110,14 @@ async def _answer(
     return wire.render(reply, conversation, entry.request_id)
 
 
-def _injected(status: int, faults: RequestFaults, origin: str) -> SimError:
+def _injected(
+    status: int, faults: RequestFaults, origin: str, *, key: str | None = None
+) -> SimError:
     retry_after = faults.retry_after_s if status == 429 else None
     message = f"Simulated {status} ({origin} fault injected by the simulator)"
+    if key is not None:
+        # What some providers and gateways do: the caller's key, whole, in the body.
+        message = f"{message}: API key {key} was not accepted for this request"
     return SimError(status, message, retry_after_s=retry_after, fault=origin)
 
 

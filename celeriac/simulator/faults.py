@@ -2,23 +2,33 @@
 override them for one request, so a test can break exactly the call it means to.
 
     x-sim-latency-ms    milliseconds to wait before answering
-    x-sim-fault         429 | 500 | 502 | 503 | 504 | 529 | 400 | 401 | 403 | 404 | timeout
+    x-sim-fault         429 | 500 | 502 | 503 | 504 | 529 | 400 | 401 | 403 | 404 | timeout,
+                        or a status with "-echo-key" (401-echo-key): the error message
+                        repeats the caller's API key, as some providers and gateways do
     x-sim-timeout-s     how long "timeout" holds the request before hanging up (30)
     x-sim-fault-rate    probability of a random 429, 500, 503 or 529
     x-sim-retry-after   retry-after, in seconds, sent with injected 429s
+
+A run in real-provider mode (keys set, base URLs pointed at the simulator) sends no
+``x-sim-*`` headers, so the latest user message may ask for a forced fault instead:
+``[sim-fault:401-echo-key]`` in it acts as that ``x-sim-fault`` (the header wins).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from celeriac.simulator.config import SimConfig
+from celeriac.simulator.conversation import Conversation
 from celeriac.simulator.errors import BadRequest
 
 TIMEOUT = "timeout"
+ECHO_KEY = "-echo-key"
+_FAULT_DIRECTIVE = re.compile(r"\[sim-fault:([A-Za-z0-9_\-]+)\]")
 FORCED_STATUSES = (429, 500, 502, 503, 504, 529, 400, 401, 403, 404)
 RANDOM_STATUSES = (429, 500, 503, 529)
 
@@ -29,18 +39,27 @@ class RequestFaults:
 
     latency_s: float
     forced: int | str | None  # an HTTP status, TIMEOUT, or None
+    echo_key: bool  # the forced error's message repeats the caller's API key
     fault_rate: float
     retry_after_s: float
     timeout_s: float
 
     @classmethod
-    def resolve(cls, headers: Mapping[str, str], config: SimConfig) -> RequestFaults:
-        """Headers win over config. A malformed header is a 400, not silently
-        ignored: a test that asked for a fault and got none would pass for no reason."""
+    def resolve(
+        cls, headers: Mapping[str, str], config: SimConfig, conversation: Conversation | None = None
+    ) -> RequestFaults:
+        """Headers win over the conversation's directive, which wins over config. A
+        malformed header is a 400, not silently ignored: a test that asked for a fault
+        and got none would pass for no reason."""
         latency_ms = _number(headers, "x-sim-latency-ms", config.latency_ms, 600_000)
+        fault = headers.get("x-sim-fault")
+        if fault is None and conversation is not None:
+            fault = fault_directive(conversation)
+        forced, echo_key = _forced(fault)
         return cls(
             latency_s=latency_ms / 1000,
-            forced=_forced(headers.get("x-sim-fault")),
+            forced=forced,
+            echo_key=echo_key,
             fault_rate=_number(headers, "x-sim-fault-rate", config.fault_rate, 1.0),
             retry_after_s=_number(headers, "x-sim-retry-after", config.retry_after_s, 3600),
             timeout_s=_number(headers, "x-sim-timeout-s", config.timeout_s, 3600),
@@ -64,16 +83,30 @@ class FaultDice:
         return self._rng.choice(RANDOM_STATUSES)
 
 
-def _forced(value: str | None) -> int | str | None:
+def fault_directive(conversation: Conversation) -> str | None:
+    """The ``[sim-fault:...]`` of the latest user message that has text, if any."""
+    for turn in reversed(conversation.turns):
+        if turn.role == "user" and turn.text.strip():
+            found = _FAULT_DIRECTIVE.search(turn.text)
+            return found.group(1) if found else None
+    return None
+
+
+def _forced(value: str | None) -> tuple[int | str | None, bool]:
     if value is None or not value.strip():
-        return None
+        return None, False
     value = value.strip().lower()
     if value == TIMEOUT:
-        return TIMEOUT
-    if value.isdigit() and int(value) in FORCED_STATUSES:
-        return int(value)
+        return TIMEOUT, False
+    status, echo_key = value, False
+    if value.endswith(ECHO_KEY):
+        status, echo_key = value.removesuffix(ECHO_KEY), True
+    if status.isdigit() and int(status) in FORCED_STATUSES:
+        return int(status), echo_key
     choices = ", ".join([*map(str, FORCED_STATUSES), TIMEOUT])
-    raise BadRequest(f"x-sim-fault must be one of {choices}, not {value!r}")
+    raise BadRequest(
+        f"x-sim-fault must be one of {choices}, or a status with {ECHO_KEY}, not {value!r}"
+    )
 
 
 def _number(headers: Mapping[str, str], name: str, default: float, upper: float) -> float:

@@ -1,7 +1,8 @@
 """Engine and session factory, with the SQLite settings that make it safe for
 several processes (WAL, a busy timeout, and write transactions that take the lock
 up front so two writers never deadlock on a lock upgrade), and the lock that
-migrations run under."""
+migrations run under. Every free-text and JSON column written through a session
+passes the Redactor first: whatever path outside text takes, no secret is stored."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import JSON, Text, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from celeriac.redaction import KEY_SHAPES, Redactor
 from celeriac.store import migrate
 
 # Every process migrates at start-up; the first takes the lock, the others wait for
@@ -26,9 +28,10 @@ MIGRATION_WAIT_S = 600
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False):
+    def __init__(self, url: str, *, echo: bool = False, redactor: Redactor = KEY_SHAPES):
         parsed = make_url(url)
         self.url = url
+        self.redactor = redactor
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._in_memory = self.is_sqlite and parsed.database in (None, "", ":memory:")
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -47,6 +50,7 @@ class Database:
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        _scrub_before_flush(self._sessions, redactor)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         # SQLite has one writer at a time, and a writer that finds the lock taken
         # does not queue: it sleeps and retries (1, 2, 5, 10, 15, 20, 25... ms, the
@@ -136,6 +140,33 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self.read_engine.dispose()
+
+
+def _scrub_before_flush(sessions: sessionmaker[Session], redactor: Redactor) -> None:
+    """Redact the Text and JSON attributes of new and changed rows (String columns
+    are ids, codes and names: left alone, so a key never changes)."""
+    columns: dict[Mapper[Any], list[str]] = {}
+
+    def scrubbed_keys(mapper: Mapper[Any]) -> list[str]:
+        keys = columns.get(mapper)
+        if keys is None:
+            keys = columns[mapper] = [
+                attr.key for attr in mapper.column_attrs
+                if isinstance(attr.columns[0].type, Text | JSON)
+            ]
+        return keys
+
+    @event.listens_for(sessions, "before_flush")
+    def _scrub(session: Session, _context: Any, _instances: Any) -> None:
+        for obj in (*session.new, *session.dirty):
+            state = inspect(obj)
+            for key in scrubbed_keys(state.mapper):
+                if not state.attrs[key].history.has_changes():
+                    continue
+                value = getattr(obj, key)
+                clean = redactor.value(value)
+                if clean is not value:
+                    setattr(obj, key, clean)
 
 
 def _configure_sqlite(

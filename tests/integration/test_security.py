@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -15,12 +17,16 @@ import redis
 from flask import Flask
 from kombu import Connection, Exchange, Producer
 from prometheus_client import CollectorRegistry
+from sqlalchemy import MetaData, select
+from standardwebhooks import Webhook
 
 from app import create_app
 from app.exporter import build_app
 from tests.conftest import settings_from, stack_env
+from tests.integration.test_webhook_flow import Receiver
+from tests.support.config import config_with_agents
 from tests.support.runs import submit, wait_terminal
-from tests.support.services import RedisServer, WorkerProcess, start_worker
+from tests.support.services import PROJECT_DIR, RedisServer, WorkerProcess, start_worker
 from tests.support.waiting import wait_for
 
 SECURITY_DB = 6
@@ -147,3 +153,166 @@ def test_provider_key_is_sent_to_the_provider_only_as_a_header(simulator: Any) -
                                 "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200
     assert CANARY not in json.dumps(simulator.log())
+
+
+# -- whatever a provider, a tool or an MCP server sends back --------------------------
+
+LEAK_DB = 7
+# Every secret the server holds, each a canary of its own. The passwords carry
+# characters that URLs percent-encode, so their encoded forms are checked too.
+LEAKY_SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-leak-canary-5b7e0c2a9d1f4e36",
+    "OPENAI_API_KEY": "sk-proj-leak-canary-8a3f6d2c1b9e7045",
+    "CELERIAC_WEBHOOK_SECRET": "whsec_bGVha2NhbmFyeXdlYmhvb2tzZWNyZXQwMDAwMDA=",
+    "CELERIAC_METRICS_TOKEN": "metrics-canary-3e9d7a1c5f",
+    "FLOWER_BASIC_AUTH": "admin:flower-canary-6c2b8e4d",
+}
+REDIS_PASSWORD = "redis-canary/4f8a+2d"  # a user-less Redis takes any password
+POSTGRES_PASSWORD = "pg-canary@9e3c#71"  # trust auth takes any password
+MCP_SERVER = PROJECT_DIR / "tests" / "fixtures" / "mcp_echo_server.py"
+LEAKY_AGENT = f'''
+[agents.leaky]
+description = "Calls tools that answer with the server's secrets."
+
+[[agents.leaky.versions]]
+version = "1"
+model = "claude-haiku-4-20250514"
+tools = ["server_secrets"]
+mcp_servers = [{{ name = "echo", command = "{sys.executable}", args = ["{MCP_SERVER}"], \
+env = {{ LEAKED = "{LEAKY_SECRETS['OPENAI_API_KEY']}" }} }}]
+max_steps = 4
+'''
+
+
+def _with_password(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or user
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _forms(secret: str) -> set[str]:
+    return {secret, quote(secret, safe=""), secret.split(":", 1)[-1]}
+
+
+@pytest.fixture(scope="module")
+def leaky(backend: tuple[str, str], redis_server: RedisServer, simulator: Any,
+          tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Flask, WorkerProcess, dict[str, str], Receiver]]:
+    """Real-provider mode pointed at the simulator, with every kind of secret set:
+    provider keys, webhook secret, metrics token, Flower's login, and passwords in
+    the Redis, broker and (PostgreSQL) database URLs."""
+    name, database_url = backend
+    tmp = tmp_path_factory.mktemp(f"leaky-{name}")
+    redis_url = _with_password(redis_server.url(LEAK_DB), "default", REDIS_PASSWORD)
+    redis.Redis.from_url(redis_url).flushdb()
+    if name == "postgres":
+        database_url = _with_password(database_url, "postgres", POSTGRES_PASSWORD)
+    env = stack_env(redis_url, database_url, simulator.url)
+    env.update(LEAKY_SECRETS)
+    env.update(
+        CELERIAC_SIMULATE="0",
+        ANTHROPIC_BASE_URL=simulator.url,
+        OPENAI_BASE_URL=simulator.url + "/v1",
+        BROKER_URL=redis_url,
+        CELERIAC_WEBHOOK_ALLOW_LOOPBACK="1",
+        CELERIAC_EXTRA_TOOLS="tests.support.leaky_tools:make_tools",
+        CELERIAC_CONFIG_DIR=str(config_with_agents(tmp / "config", LEAKY_AGENT)),
+    )
+    app = create_app(settings_from(env), configure_logs=False)
+    worker = start_worker(env, tmp, ping=app.extensions["celeriac"].queue.celery)
+    receiver = Receiver()
+    yield app, worker, env, receiver
+    receiver.server.shutdown()
+    worker.stop()
+    app.extensions["celeriac"].services.db.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_secrets_echoed_by_providers_and_tools_are_scrubbed_everywhere(
+    leaky: Any, simulator: Any
+) -> None:
+    app, worker, env, receiver = leaky
+    client = app.test_client()
+    hook = {"webhook_url": receiver.url}
+    # Both SDKs, a 401 and a 400 whose error bodies repeat the key the call sent.
+    refused = {
+        (agent, status): submit(client, {"input": f"[sim-fault:{status}-echo-key] hi",
+                                         "agent": agent, **hook})
+        for agent in ("default", "openai") for status in (401, 400)
+    }
+    # A built-in-style tool and an MCP server that answer with secrets.
+    told = submit(client, {"input": "[tool:server_secrets {}]", "agent": "leaky", **hook})
+    mcp = submit(client, {"input": '[tool:echo__getenv {"name": "LEAKED"}]', "agent": "leaky",
+                          **hook})
+    ids = [*refused.values(), told, mcp]
+    docs = {task_id: wait_terminal(client, task_id) for task_id in ids}
+
+    # The errors stay useful: their code, and their text around the secret.
+    for (_agent, status), task_id in refused.items():
+        doc = docs[task_id]
+        assert doc["status"] == "failed", doc
+        error = doc["error"]
+        code = "provider_auth_failed" if status == 401 else "provider_bad_request"
+        assert error["code"] == code, error
+        assert "API key [REDACTED] was not accepted" in error["message"], error
+    assert docs[told]["status"] == "completed", docs[told]
+    assert "anthropic=[REDACTED]" in docs[told]["result"]
+    assert "[REDACTED]" in docs[mcp]["result"]
+
+    wait_for(lambda: len(receiver.requests) >= len(ids), timeout=60,
+             what="a webhook for every task")
+    secret = env["CELERIAC_WEBHOOK_SECRET"]
+    delivered = [Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
+                 for headers, body in receiver.requests]
+    assert {p["data"]["task_id"] for p in delivered} == set(ids)
+
+    places: dict[str, str] = {
+        "status API": json.dumps(list(docs.values())),
+        "event streams": "".join(client.get(f"/agent/events/{t}").get_data(as_text=True)
+                                 for t in ids),
+        "webhook bodies": "".join(body.decode() for _h, body in receiver.requests),
+        "task list": client.get("/agent/tasks").get_data(as_text=True),
+        "worker log": worker.log(),
+        "store": _dump_store(app),
+        "redis": _dump_redis(env["REDIS_URL"]),
+    }
+    assert "[REDACTED]" in places["event streams"] and "[REDACTED]" in places["webhook bodies"]
+    secrets = {*LEAKY_SECRETS.values(), REDIS_PASSWORD}
+    if "postgres" in env["DATABASE_URL"]:
+        secrets.add(POSTGRES_PASSWORD)
+    for value in secrets:
+        for form in _forms(value):
+            leaks = [where for where, text in places.items() if form in text]
+            assert not leaks, f"{form!r} leaked into {leaks}"
+
+
+def _dump_store(app: Flask) -> str:
+    """Every column of every row of every table, as text."""
+    engine = app.extensions["celeriac"].services.db.engine
+    meta = MetaData()
+    meta.reflect(engine)
+    rows: list[str] = []
+    with engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(select(table)):
+                rows.append(f"{table.name}: {json.dumps([str(v) for v in row])}")
+    assert any(r.startswith("steps:") for r in rows)
+    return "\n".join(rows)
+
+
+def _dump_redis(url: str) -> str:
+    r = redis.Redis.from_url(url)
+    dump = []
+    for key in r.scan_iter("*"):
+        kind = r.type(key).decode()
+        value: Any = {
+            "string": lambda k: r.get(k), "hash": lambda k: r.hgetall(k),
+            "list": lambda k: r.lrange(k, 0, -1), "set": lambda k: r.smembers(k),
+            "zset": lambda k: r.zrange(k, 0, -1),
+        }.get(kind, lambda k: b"")(key)
+        dump.append(f"{key!r} {value!r}")
+    return "\n".join(dump)
