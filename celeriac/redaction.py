@@ -5,9 +5,13 @@ is written, where documents leave (status, events, webhooks) and in the logs.
 
 It replaces exact occurrences of each secret, and of the forms a secret takes in
 other text (percent-encoded as in a URL, escaped as in a JSON string), with
-``[REDACTED]``; and anything shaped like a provider key (``sk-...``), configured or
-not. Strings shorter than ``MIN_SECRET_CHARS`` are ignored: replacing every "abc" of
-every answer would mangle text and hide nothing worth hiding.
+``[REDACTED]``. Strings shorter than ``MIN_SECRET_CHARS`` are ignored: replacing
+every "abc" of every answer would mangle text and hide nothing worth hiding.
+
+Logs also lose anything shaped like a provider key (``sk-...``), configured here or
+not (``with_key_shapes()``). Data does not: a tenant's own text that mentions such a
+string is theirs, stored and answered as they wrote it; what the server must never
+hand out is what it holds.
 """
 
 from __future__ import annotations
@@ -28,20 +32,26 @@ T = TypeVar("T")
 
 
 class Redactor:
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Iterable[str] = (), *, key_shapes: bool = False):
+        self._secrets = tuple(s for s in secrets if s and len(s) >= MIN_SECRET_CHARS)
         forms: set[str] = set()
-        for secret in secrets:
-            if not secret or len(secret) < MIN_SECRET_CHARS:
-                continue
+        for secret in self._secrets:
             forms.update((secret, quote(secret, safe=""), quote_plus(secret),
                           json.dumps(secret)[1:-1]))
         # Longest first: a secret that contains another is replaced whole.
-        literals = sorted(forms, key=len, reverse=True)
-        self._pattern = re.compile("|".join([*map(re.escape, literals), KEY_PATTERN]))
+        alternatives = [*map(re.escape, sorted(forms, key=len, reverse=True))]
+        if key_shapes:
+            alternatives.append(KEY_PATTERN)
+        # None: nothing to look for (no secret configured), so nothing is scanned.
+        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
+
+    def with_key_shapes(self) -> Redactor:
+        """The same secrets, plus anything shaped like a provider key: for logs."""
+        return Redactor(self._secrets, key_shapes=True)
 
     def text(self, value: str) -> str:
         """``value`` with every secret replaced."""
-        return self._pattern.sub(REDACTED, value)
+        return value if self._pattern is None else self._pattern.sub(REDACTED, value)
 
     def value(self, value: T) -> T:
         """A JSON-like value (str, dict, list, tuple, scalars) with every string in it,
@@ -50,6 +60,8 @@ class Redactor:
         return self._value(value)  # type: ignore[no-any-return]
 
     def _value(self, value: Any) -> Any:
+        if self._pattern is None:
+            return value
         if isinstance(value, str):
             return self._pattern.sub(REDACTED, value)
         if isinstance(value, dict):
@@ -66,5 +78,7 @@ class Redactor:
         return value
 
 
-# Provider-shaped keys only: for code run without Settings (tests, tools, scripts).
-KEY_SHAPES = Redactor()
+# For code run without Settings (tests, tools, scripts): no secret to hide in data,
+# and provider-shaped keys in logs.
+NO_SECRETS = Redactor()
+KEY_SHAPES = Redactor(key_shapes=True)

@@ -12,12 +12,12 @@ from dataclasses import replace
 from typing import Any
 
 from celeriac.catalog import AgentVersion
-from celeriac.redaction import KEY_SHAPES, Redactor
+from celeriac.redaction import NO_SECRETS, Redactor
 from celeriac.tools.base import ToolContext, ToolRegistry, ToolResult
 
 
 class Toolbox:
-    def __init__(self, builtins: ToolRegistry, redactor: Redactor = KEY_SHAPES):
+    def __init__(self, builtins: ToolRegistry, redactor: Redactor = NO_SECRETS):
         self._builtins = builtins
         self._redactor = redactor
         self._mcp: dict[str, ToolRegistry] = {}

@@ -22,6 +22,8 @@ _SECRET_FIELDS = {"api_key", "authorization", "x-api-key", "password", "secret",
 
 
 def _scrubber(redactor: Redactor) -> structlog.types.Processor:
+    redactor = redactor.with_key_shapes()  # logs also lose keys this process never held
+
     def processor(
         _logger: Any, _name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
@@ -41,6 +43,7 @@ def redact_log_records(redactor: Redactor) -> None:
     """For processes whose log lines structlog does not render (Flower: tornado's
     formatter): every log record is redacted as it is made, its message and any
     traceback, whichever handler writes it later."""
+    redactor = redactor.with_key_shapes()
     make = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:

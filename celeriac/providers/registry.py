@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from celeriac.catalog import ModelSpec
 from celeriac.errors import ProviderError, ProviderNotConfigured
 from celeriac.providers.base import LLMRequest, LLMResponse, Provider
-from celeriac.redaction import KEY_SHAPES, Redactor
+from celeriac.redaction import NO_SECRETS, Redactor
 
 # Adapters are imported on first use: each SDK costs 10-25 MB per process, and a
 # deployment often uses one provider only.
@@ -69,7 +69,7 @@ class Redacted:
 
 class ProviderRegistry:
     def __init__(self, endpoints: dict[str, ProviderEndpoint], *, timeout_s: float = 60.0,
-                 redactor: Redactor = KEY_SHAPES):
+                 redactor: Redactor = NO_SECRETS):
         self._endpoints = endpoints
         self._timeout_s = timeout_s
         self._redactor = redactor

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from celeriac.redaction import KEY_SHAPES, Redactor
+from celeriac.redaction import NO_SECRETS, Redactor
 from celeriac.store import migrate
 
 # Every process migrates at start-up; the first takes the lock, the others wait for
@@ -28,7 +28,7 @@ MIGRATION_WAIT_S = 600
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False, redactor: Redactor = KEY_SHAPES):
+    def __init__(self, url: str, *, echo: bool = False, redactor: Redactor = NO_SECRETS):
         parsed = make_url(url)
         self.url = url
         self.redactor = redactor
