@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                                settings.provider_key("openai")) if k]
         configure_logging(settings.log_level, secrets)
     flask_app = Flask(__name__)
-    if configure_tracing("celeriac-web", settings.tracing):
+    if configure_tracing("celeriac-web", settings.tracing_mode):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor().instrument_app(flask_app)

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     thread_recheck_s: float = 2.0
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
+    # Flower (config/flowerconfig.py). FLOWER_BASIC_AUTH ("user:password,...") is read
+    # by Flower itself; whether it is set is read here, so that every process agrees
+    # on what dev mode and a login are.
+    flower_basic_auth: SecretStr | None = Field(
+        None, validation_alias=_env("FLOWER_BASIC_AUTH")
+    )
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_persistent: bool = False
+    flower_db: str = "var/flower.db"
     # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host
     # names a webhook may reach although private; loopback (dev only).
     webhook_secret: SecretStr | None = None
@@ -95,8 +105,12 @@ class Settings(BaseSettings):
     worker_pool: str = "threads"
     worker_concurrency: int = 16
     log_level: str = "INFO"
-    # Tracing: "otlp" or "jsonl:<path>"; OTEL_EXPORTER_OTLP_ENDPOINT alone means otlp.
+    # Tracing: "otlp" or "jsonl:<path>"; OTEL_EXPORTER_OTLP_ENDPOINT alone means otlp
+    # (the exporter itself reads the endpoint, as OpenTelemetry's standard variable).
     tracing: str | None = None
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -125,6 +139,12 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix):]
         return value
+
+    @property
+    def tracing_mode(self) -> str | None:
+        if self.tracing:
+            return self.tracing
+        return "otlp" if self.otel_exporter_otlp_endpoint else None
 
     @property
     def effective_broker_url(self) -> str:

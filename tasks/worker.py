@@ -30,7 +30,7 @@ _services: Services | None = None
 
 
 def _start_tracing() -> None:
-    if not configure_tracing("celeriac-worker", settings.tracing):
+    if not configure_tracing("celeriac-worker", settings.tracing_mode):
         return
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
@@ -80,7 +80,7 @@ def _fresh_services_in_child(**_: Any) -> None:
     # A forked child must not reuse its parent's sockets, nor its span exporter thread.
     global _services
     _services = None
-    configure_tracing("celeriac-worker", settings.tracing)
+    configure_tracing("celeriac-worker", settings.tracing_mode)
 
 
 @signals.task_prerun.connect
