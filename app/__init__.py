@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     # reading at the limit without complaint, so json_body() checks the length itself.
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
-    services = Services(settings)
+    services = Services(settings, request_timeouts=True)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     queue = StepQueue(settings)
     authenticator = Authenticator(services.db)

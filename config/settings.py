@@ -39,6 +39,17 @@ class Settings(BaseSettings):
         f"sqlite:///{VAR_DIR / 'celeriac.db'}", validation_alias=_env("DATABASE_URL")
     )
 
+    # How long the web tier (and the exporter) waits on a dependency before it
+    # answers 503: connecting to the store, one SQL statement, one lock (a row or
+    # table lock, SQLite's write lock), a connection from the pool; connecting to
+    # Redis, one Redis command. Workers connect within the same time but wait out
+    # statements and locks (their work is retried, never lost; see README).
+    store_connect_timeout_s: float = 3.0
+    store_statement_timeout_s: float = 5.0
+    store_lock_timeout_s: float = 3.0
+    redis_connect_timeout_s: float = 3.0
+    redis_socket_timeout_s: float = 5.0
+
     # Providers. Keys are secrets: never logged, never put in task arguments.
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=_env("ANTHROPIC_API_KEY")

@@ -125,6 +125,11 @@ def _beat_forever(holdings: Holdings) -> None:
         except Exception as exc:  # Redis away: the next beat tries again
             structlog.get_logger("tasks.worker").warning("holdings_beat_failed",
                                                          error=repr(exc))
+        try:
+            services().epoch.check()  # did Redis come back empty? (celeriac.epoch)
+        except Exception as exc:
+            structlog.get_logger("tasks.worker").warning("epoch_check_failed",
+                                                         error=repr(exc))
         _heartbeat_stop.wait(interval)
 
 
