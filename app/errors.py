@@ -67,10 +67,10 @@ def status_for(error: CeleriacError) -> int:
 
 
 def outage(error: BaseException) -> Unavailable | None:
-    """The core's outages, and the broker's: kombu's connection errors (and the
-    socket errors amqp raises as they are)."""
+    """The core's outages, and the broker's: kombu raises its transports'
+    connection errors (Redis, amqp) as its own OperationalError."""
     found = as_unavailable(error)
-    if found is None and isinstance(error, KombuOperationalError | ConnectionError):
+    if found is None and isinstance(error, KombuOperationalError):
         found = BrokerUnavailable()
     return found
 
@@ -121,7 +121,7 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(error: Exception) -> ResponseReturnValue:
         unavailable = outage(error)
         if unavailable is not None:
-            # Once per failed request: the type says which, never the client's text.
+            # A warning without a traceback: the cause is known, and its type is enough.
             log.warning("dependency_unavailable", code=unavailable.code,
                         error_type=type(error).__name__)
             return _celeriac(unavailable)
