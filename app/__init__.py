@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if configure_logs:
         configure_logging(settings.log_level, Redactor(settings.secret_values()))
     flask_app = Flask(__name__)
-    if configure_tracing("celeriac-web", settings.tracing):
+    if configure_tracing("celeriac-web", settings.tracing_mode):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor().instrument_app(flask_app)
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     # reading at the limit without complaint, so json_body() checks the length itself.
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
-    services = Services(settings)
+    services = Services(settings, request_timeouts=True)
     services.db  # noqa: B018 - create the schema at start-up, not on the first request
     queue = StepQueue(settings)
     authenticator = Authenticator(services.db)

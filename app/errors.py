@@ -1,6 +1,10 @@
 """One place maps error codes to HTTP statuses. Every error, including Flask's and
 Werkzeug's own, leaves as ``{"error": {"code", "message", "field"?}}``, never as
-an HTML page or a bare 500."""
+an HTML page or a bare 500.
+
+A dependency that is down or too slow (Redis, the store, the broker: see
+``celeriac.outages``) is ``503`` with ``Retry-After``, whichever view or hook met it.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,20 @@ from typing import Any
 import structlog
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from celeriac.errors import BudgetSpent, CeleriacError, Conflict, InvalidRequest, NotFound
+from celeriac.errors import (
+    BrokerUnavailable,
+    BudgetSpent,
+    CeleriacError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from celeriac.outages import as_unavailable
 
 log = structlog.get_logger("app.errors")
 
@@ -20,6 +34,7 @@ _STATUS_BY_TYPE: list[tuple[type[CeleriacError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (InvalidRequest, 422),
+    (Unavailable, 503),
 ]
 _STATUS_BY_CODE = {
     "malformed_json": 400,
@@ -51,6 +66,15 @@ def status_for(error: CeleriacError) -> int:
     return 500
 
 
+def outage(error: BaseException) -> Unavailable | None:
+    """The core's outages, and the broker's: kombu raises its transports'
+    connection errors (Redis, amqp) as its own OperationalError."""
+    found = as_unavailable(error)
+    if found is None and isinstance(error, KombuOperationalError):
+        found = BrokerUnavailable()
+    return found
+
+
 def validation_error(exc: ValidationError) -> CeleriacError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or None
@@ -68,8 +92,10 @@ def register_error_handlers(app: Flask) -> None:
     def _celeriac(error: CeleriacError) -> ResponseReturnValue:
         body, status = error_response(status_for(error), error.code, error.message, error.field)
         headers = {}
-        if isinstance(error, BudgetSpent):
+        if isinstance(error, BudgetSpent | Unavailable):
             headers["Retry-After"] = str(error.retry_after_s)
+        elif status == 503:
+            headers["Retry-After"] = str(Unavailable.retry_after_default_s)
         return body, status, headers
 
     @app.errorhandler(ValidationError)
@@ -93,5 +119,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> ResponseReturnValue:
+        unavailable = outage(error)
+        if unavailable is not None:
+            # A warning without a traceback: the cause is known, and its type is enough.
+            log.warning("dependency_unavailable", code=unavailable.code,
+                        error_type=type(error).__name__)
+            return _celeriac(unavailable)
         log.exception("unhandled_error", error_type=type(error).__name__)
         return error_response(500, "internal_error", "internal error")

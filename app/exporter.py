@@ -50,7 +50,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def build_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> WSGIApp:
-    services = Services(settings)
+    services = Services(settings, request_timeouts=True)
     registry.register(RedisCollector(services.redis, lambda: live_gauges(services)))
     app: WSGIApp = make_wsgi_app(registry)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None

@@ -57,6 +57,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _AUTH_ERRORS = {
     401: "No valid API key (required once any key exists, and always outside dev mode)",
     429: "Too many requests for this API key (Retry-After), or a daily budget is spent",
+    503: "A dependency (the store, Redis, the broker) is down or too slow; retry after "
+         "Retry-After",
 }
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -213,7 +215,7 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness: store and broker reachable",
+                "summary": "Readiness: the store, Redis and the broker answer in time",
                 "operationId": "readyz",
                 "responses": {"200": _json("Health", "Ready"), "503": _json("Health", "Not ready")},
             }
@@ -233,6 +235,7 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
                 responses = operation["responses"]
                 responses.setdefault("401", _json("ErrorResponse", _AUTH_ERRORS[401]))
                 responses.setdefault("429", _json("ErrorResponse", _AUTH_ERRORS[429]))
+                responses.setdefault("503", _json("ErrorResponse", _AUTH_ERRORS[503]))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Celeriac", "version": __version__,

@@ -13,7 +13,19 @@ from config.settings import Settings
 class StepQueue:
     def __init__(self, settings: Settings):
         self.celery = Celery("celeriac-web")
-        self.celery.conf.update(celery_config(settings))
+        config = celery_config(settings)
+        # A request must not hang on a dead or hung broker: bounded connects and
+        # reads, and few publish retries; past them the request answers 503.
+        config["broker_transport_options"] = {
+            **config["broker_transport_options"],
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+        }
+        config["broker_connection_timeout"] = settings.redis_connect_timeout_s
+        config["task_publish_retry_policy"] = {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
+        }
+        self.celery.conf.update(config)
         self.native_priorities = native_priorities(settings.effective_broker_url)
 
     def send_llm_step(self, step_id: str, *, queue: str, level: int) -> None:
@@ -34,6 +46,6 @@ class StepQueue:
         if step_ids:
             self.celery.control.revoke(step_ids)
 
-    def ping_broker(self) -> None:
+    def ping_broker(self, timeout_s: float) -> None:
         with self.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)

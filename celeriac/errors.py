@@ -17,7 +17,15 @@
     ├── BudgetExceeded            (a call would pass a task, tenant or global cap)
     ├── BudgetSpent               (a daily cap is used up: 429 until it resets)
     ├── RunFailed                 (a run's terminal failure: max_steps, dead letter ...)
-    └── SchemaError               (the store's schema cannot be migrated to the models')
+    ├── SchemaError               (the store's schema cannot be migrated to the models')
+    └── Unavailable               (a dependency is down or too slow: 503, retry later)
+        ├── StoreUnavailable         (the database: unreachable, a lock or statement timeout)
+        ├── RedisUnavailable
+        └── BrokerUnavailable
+
+``Unavailable`` is translated from the clients' own errors where they surface
+(``celeriac.outages``); a worker retries the step, as for any infrastructure error,
+and never fails it for an outage.
 """
 
 from __future__ import annotations
@@ -134,3 +142,30 @@ class SchemaError(CeleriacError):
     """Raised at start-up (``create_schema``), never to a client."""
 
     code = "schema_error"
+
+
+class Unavailable(CeleriacError):
+    """A dependency did not answer in time: the request may succeed if retried."""
+
+    code = "unavailable"
+    what = "a dependency"
+    retry_after_default_s = 5
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int | None = None):
+        super().__init__(message or f"{self.what} is unavailable; retry later")
+        self.retry_after_s = retry_after_s or self.retry_after_default_s
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+    what = "the store"
+
+
+class RedisUnavailable(Unavailable):
+    code = "redis_unavailable"
+    what = "Redis"
+
+
+class BrokerUnavailable(Unavailable):
+    code = "broker_unavailable"
+    what = "the broker"

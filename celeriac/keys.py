@@ -19,6 +19,11 @@ def metric_histogram(name: str) -> str:
     return f"{METRIC_HISTOGRAMS}:{name}"
 
 
+# Redis's epoch: a random id set once (SET NX) in an empty Redis. No TTL: it goes
+# only when Redis loses its data, which is how that loss is noticed (celeriac.epoch).
+REDIS_EPOCH = f"{PREFIX}:epoch"
+
+
 # Rate limiter state: a GCRA "theoretical arrival time" per model and unit, a pause
 # set from a long provider retry-after, and a slowdown (a hash: the pace factor and
 # when it was last cut) set from provider feedback. All expire once they no longer

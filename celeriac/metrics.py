@@ -93,9 +93,15 @@ REPLAYS = Family(
 AUTOSCALER = Family(
     "agent_autoscaler_decisions_total", "Autoscaler decisions", ("action", "reason_kind")
 )
+REDIS_DATA_LOSSES = Family(
+    "agent_redis_data_losses_total",
+    "Times Redis was found empty while the system had history (celeriac.epoch); it "
+    "restarts from 0 with the rest of Redis, so a loss shows as a reset, then 1",
+    (),
+)
 COUNTERS = (REQUESTS, TOOL_CALLS, PROVIDER_CALLS, PROVIDER_TOKENS, RETRIES, FALLBACKS,
             RATE_LIMIT_WAITS, CACHE_HITS, DUPLICATES, CONTEXT_FOLDS, REPLAYS,
-            AUTOSCALER)
+            AUTOSCALER, REDIS_DATA_LOSSES)
 _EVENTS: dict[str, tuple[Family, tuple[str, ...], dict[str, str]]] = {
     # event -> (family, label names taken from the event, fixed labels)
     "rate_limit_wait": (RATE_LIMIT_WAITS, ("model",), {"kind": "in_place"}),
@@ -104,6 +110,7 @@ _EVENTS: dict[str, tuple[Family, tuple[str, ...], dict[str, str]]] = {
     "duplicate_delivery": (DUPLICATES, ("kind", "outcome"), {}),
     "context_fold": (CONTEXT_FOLDS, ("model",), {}),
     "journal_replay": (REPLAYS, ("kind",), {}),
+    "redis_data_lost": (REDIS_DATA_LOSSES, (), {}),
 }
 HISTOGRAMS = (LATENCY, STEPS, COST, PROVIDER_LATENCY)
 
@@ -183,6 +190,8 @@ class RedisCollector:
             for labels_json, value in sorted(raw.items()):
                 labels = json.loads(labels_json)
                 metric.add_metric([labels[n] for n in family.labels], float(value))
+            if not family.labels and not raw:  # one series, shown from zero
+                metric.add_metric([], 0.0)
             yield metric
         for family in HISTOGRAMS:
             yield self._histogram(family)

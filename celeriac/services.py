@@ -19,6 +19,7 @@ from celeriac.budget.ledger import day_spend
 from celeriac.cache import ResponseCache
 from celeriac.calling import Caller
 from celeriac.catalog import Catalog, CatalogSource
+from celeriac.epoch import EpochWatcher, store_has_runs
 from celeriac.errors import CeleriacError
 from celeriac.failpoints import Failpoints
 from celeriac.journal import StepJournal
@@ -31,6 +32,7 @@ from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
 from celeriac.redaction import Redactor
 from celeriac.retry import RetryPolicy
 from celeriac.store import Database
+from celeriac.store.database import Timeouts
 from celeriac.toolbox import Toolbox
 from celeriac.tools.base import Tool
 from celeriac.tools.builtins import builtin_registry
@@ -46,6 +48,13 @@ SIMULATED_KEY = "simulated"  # what the SDKs send to the simulated provider
 @dataclass
 class Services:
     settings: Settings
+    # True in processes that answer requests (the web app, the exporter): a store
+    # statement or lock wait gives up after a few seconds (Settings.store_*), so an
+    # outage or a held lock is a quick 503, never a hung request. Workers wait them
+    # out instead: a step that failed on a timeout would only be retried, and the
+    # reaper's and retention's long statements must not be cut. Every process
+    # bounds connecting, and every Redis command (a hung Redis hangs no thread).
+    request_timeouts: bool = False
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -54,15 +63,26 @@ class Services:
 
     @cached_property
     def db(self) -> Database:
-        db = Database(self.settings.database_url, redactor=self.redactor)
+        settings = self.settings
+        timeouts = Timeouts(connect_s=settings.store_connect_timeout_s)
+        if self.request_timeouts:
+            timeouts = Timeouts(connect_s=settings.store_connect_timeout_s,
+                                statement_s=settings.store_statement_timeout_s,
+                                lock_s=settings.store_lock_timeout_s)
+        db = Database(settings.database_url, timeouts=timeouts, redactor=self.redactor)
         db.create_schema()
         return db
 
+    def _redis_client(self, url: str) -> Redis:
+        return Redis.from_url(
+            url, decode_responses=True, health_check_interval=30,
+            socket_connect_timeout=self.settings.redis_connect_timeout_s,
+            socket_timeout=self.settings.redis_socket_timeout_s,
+        )
+
     @cached_property
     def redis(self) -> Redis:
-        return Redis.from_url(
-            self.settings.redis_url, decode_responses=True, health_check_interval=30
-        )
+        return self._redis_client(self.settings.redis_url)
 
     @cached_property
     def broker_redis(self) -> Redis | None:
@@ -71,7 +91,7 @@ class Services:
         if url == self.settings.redis_url:
             return self.redis
         if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
-            return Redis.from_url(url, decode_responses=True)
+            return self._redis_client(url)
         return None
 
     @cached_property
@@ -122,6 +142,10 @@ class Services:
     @cached_property
     def metrics(self) -> RedisMetrics:
         return RedisMetrics(self.redis)
+
+    @cached_property
+    def epoch(self) -> EpochWatcher:
+        return EpochWatcher(self.redis, self.metrics, lambda: store_has_runs(self.db))
 
     @cached_property
     def limits(self) -> Limits:

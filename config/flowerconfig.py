@@ -9,17 +9,21 @@ that asks for ``Authorization: Bearer <CELERIAC_METRICS_TOKEN>`` (the exporter's
 token, when set) or Flower's login, and answers 401 otherwise; ``/healthcheck``
 stays open for probes. Its log lines are redacted like every other process's: no
 secret of the server's Settings reaches them. It binds to localhost unless
-``CELERIAC_FLOWER_ADDRESS`` says otherwise. For history that survives restarts,
-set ``CELERIAC_FLOWER_PERSISTENT=1`` (state in ``CELERIAC_FLOWER_DB``, default
+``CELERIAC_FLOWER_ADDRESS`` says otherwise. For history that survives restarts, set
+``CELERIAC_FLOWER_PERSISTENT=1`` (state in ``CELERIAC_FLOWER_DB``, default
 var/flower.db).
+
+Every one of these is read through ``config.settings.Settings``, as every other
+process reads them: ``CELERIAC_DEV_MODE=off`` means what it means to the web app.
 """
 
 # Tornado sets every top-level name here that is also an option name (port, db,
 # ...; tornado's own include logging and help): helpers stay private, and this file
 # imports nothing under such a name.
 import hmac
-import os
 from typing import Any
+
+from config.settings import load_settings as _load_settings
 
 
 def _protect_metrics(token: str | None) -> None:
@@ -76,28 +80,29 @@ def _protect_metrics(token: str | None) -> None:
                          "/metrics would be served without credentials")
 
 
-def _redact_logs() -> None:
+def _redact_logs(settings: Any) -> None:
     # Imported here: every top-level name of this file is read as a Flower option.
     from celeriac.redaction import Redactor
     from config.logging import redact_log_records
-    from config.settings import load_settings
 
-    redact_log_records(Redactor(load_settings().secret_values()))
+    redact_log_records(Redactor(settings.secret_values()))
 
 
-_redact_logs()
-_DEV_MODE = os.environ.get("CELERIAC_DEV_MODE", "1").lower() not in ("0", "false", "no")
-if not _DEV_MODE:
-    if not os.environ.get("FLOWER_BASIC_AUTH"):
+_SETTINGS = _load_settings()
+_redact_logs(_SETTINGS)
+if not _SETTINGS.dev_mode:
+    if _SETTINGS.flower_basic_auth is None:
         raise SystemExit(
             "Flower: set FLOWER_BASIC_AUTH=user:password (required outside dev mode, "
             "CELERIAC_DEV_MODE=0)"
         )
-    _protect_metrics(os.environ.get("CELERIAC_METRICS_TOKEN") or None)
+    _protect_metrics(
+        _SETTINGS.metrics_token.get_secret_value() if _SETTINGS.metrics_token else None
+    )
 
-address = os.environ.get("CELERIAC_FLOWER_ADDRESS", "127.0.0.1")
-port = int(os.environ.get("CELERIAC_FLOWER_PORT", "5555"))
-persistent = os.environ.get("CELERIAC_FLOWER_PERSISTENT", "0") == "1"
-db = os.environ.get("CELERIAC_FLOWER_DB", "var/flower.db")
+address = _SETTINGS.flower_address
+port = _SETTINGS.flower_port
+persistent = _SETTINGS.flower_persistent
+db = _SETTINGS.flower_db
 state_save_interval = 60_000
 purge_offline_workers = 600

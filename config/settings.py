@@ -39,6 +39,17 @@ class Settings(BaseSettings):
         f"sqlite:///{VAR_DIR / 'celeriac.db'}", validation_alias=_env("DATABASE_URL")
     )
 
+    # How long the web tier (and the exporter) waits on a dependency before it
+    # answers 503: connecting to the store, one SQL statement, one lock (a row or
+    # table lock, SQLite's write lock), a connection from the pool; connecting to
+    # Redis, one Redis command. Workers connect within the same time but wait out
+    # statements and locks (their work is retried, never lost; see README).
+    store_connect_timeout_s: float = 3.0
+    store_statement_timeout_s: float = 5.0
+    store_lock_timeout_s: float = 3.0
+    redis_connect_timeout_s: float = 3.0
+    redis_socket_timeout_s: float = 5.0
+
     # Providers. Keys are secrets: never logged, never put in task arguments.
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=_env("ANTHROPIC_API_KEY")
@@ -84,11 +95,16 @@ class Settings(BaseSettings):
     thread_recheck_s: float = 2.0
     # Outside dev mode the exporter requires this bearer token on /metrics.
     metrics_token: SecretStr | None = None
-    # Flower's login ("user:password[,user2:password2]"), read by Flower itself; held
-    # here only so that its passwords are scrubbed like every other secret.
+    # Flower (config/flowerconfig.py). FLOWER_BASIC_AUTH ("user:password,...") is read
+    # by Flower itself; it is read here too, so that every process agrees on what dev
+    # mode and a login are, and so that its passwords are scrubbed like every secret.
     flower_basic_auth: SecretStr | None = Field(
         None, validation_alias=_env("FLOWER_BASIC_AUTH")
     )
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_persistent: bool = False
+    flower_db: str = "var/flower.db"
     # Webhooks: the Standard Webhooks signing secret (whsec_...); extra CIDRs or host
     # names a webhook may reach although private; loopback (dev only).
     webhook_secret: SecretStr | None = None
@@ -105,8 +121,12 @@ class Settings(BaseSettings):
     worker_pool: str = "threads"
     worker_concurrency: int = 16
     log_level: str = "INFO"
-    # Tracing: "otlp" or "jsonl:<path>"; OTEL_EXPORTER_OTLP_ENDPOINT alone means otlp.
+    # Tracing: "otlp" or "jsonl:<path>"; OTEL_EXPORTER_OTLP_ENDPOINT alone means otlp
+    # (the exporter itself reads the endpoint, as OpenTelemetry's standard variable).
     tracing: str | None = None
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -135,6 +155,12 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix):]
         return value
+
+    @property
+    def tracing_mode(self) -> str | None:
+        if self.tracing:
+            return self.tracing
+        return "otlp" if self.otel_exporter_otlp_endpoint else None
 
     @property
     def effective_broker_url(self) -> str:

@@ -14,7 +14,6 @@ Log lines carry the trace id (see config.logging).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,15 +52,9 @@ class JsonLinesExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def tracing_mode(setting: str | None) -> str | None:
-    if setting:
-        return setting
-    return "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
-
-
-def configure_tracing(service: str, setting: str | None) -> bool:
-    """Install a tracer provider for this process; False when tracing is off."""
-    mode = tracing_mode(setting)
+def configure_tracing(service: str, mode: str | None) -> bool:
+    """Install a tracer provider for this process; False when tracing is off.
+    ``mode`` is ``Settings.tracing_mode``."""
     if mode is None:
         return False
     provider = TracerProvider(resource=Resource.create({"service.name": service}))

@@ -16,7 +16,7 @@ import structlog
 from celery import Task
 
 from celeriac.claims import Outcome
-from celeriac.errors import CeleriacError
+from celeriac.errors import CeleriacError, Unavailable
 from celeriac.retry import RetryLater
 from config.celery import LLM_STEP, TOOL_STEP
 from tasks.dispatch import send_steps
@@ -51,19 +51,14 @@ class StepTask(Task):  # type: ignore[misc]
             except Exception as exc:  # the retry still goes out; only its watch is lost
                 log.warning("step_requeue_unrecorded", step=step_id, error=repr(exc))
             raise self.retry(countdown=countdown) from None
+        except Unavailable as exc:  # an outage, even in the core's words, is retried
+            return self.retry_infrastructure(step_id, exc)
         except CeleriacError as exc:
             log.warning("step_failed", step=step_id, code=exc.code, error=exc.message)
             loop.fail_step(step_id, exc)
             return "failed"
         except Exception as exc:
-            # Infrastructure trouble (database, Redis): retry, then fail the run loudly.
-            failures = int(self.request.retries or 0)
-            if failures >= INFRA_RETRIES:
-                log.exception("step_crashed", step=step_id)
-                loop.fail_step(step_id, CeleriacError(f"internal error: {type(exc).__name__}"))
-                return "failed"
-            log.warning("step_error_retrying", step=step_id, error=repr(exc))
-            raise self.retry(countdown=min(60, 2 ** min(failures, 6))) from None
+            return self.retry_infrastructure(step_id, exc)
         if outcome.note in ("duplicate", "busy"):
             kind = "llm" if self.name == LLM_STEP else "tool"
             services().metrics.count("duplicate_delivery", {"kind": kind, "outcome": outcome.note})
@@ -71,6 +66,20 @@ class StepTask(Task):  # type: ignore[misc]
             send_steps(app, outcome.dispatch, services().db)
         services().failpoints.hit("before_ack", step_id)
         return outcome.note
+
+
+    def retry_infrastructure(self, step_id: str, exc: Exception) -> str:
+        """Infrastructure trouble (database, Redis, a lock timeout): retry with capped
+        backoff, then fail the run loudly. The step's outcome was not committed, so
+        the retry runs it again from its journal and ledger: nothing is lost."""
+        failures = int(self.request.retries or 0)
+        if failures >= INFRA_RETRIES:
+            log.exception("step_crashed", step=step_id)
+            services().loop.fail_step(
+                step_id, CeleriacError(f"internal error: {type(exc).__name__}"))
+            return "failed"
+        log.warning("step_error_retrying", step=step_id, error=repr(exc))
+        raise self.retry(countdown=min(60, 2 ** min(failures, 6))) from None
 
 
 @app.task(bind=True, base=StepTask, name=LLM_STEP)

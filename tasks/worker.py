@@ -31,7 +31,7 @@ _services: Services | None = None
 
 
 def _start_tracing() -> None:
-    if not configure_tracing("celeriac-worker", settings.tracing):
+    if not configure_tracing("celeriac-worker", settings.tracing_mode):
         return
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
@@ -78,7 +78,7 @@ def _fresh_services_in_child(**_: Any) -> None:
     # A forked child must not reuse its parent's sockets, nor its span exporter thread.
     global _services
     _services = None
-    configure_tracing("celeriac-worker", settings.tracing)
+    configure_tracing("celeriac-worker", settings.tracing_mode)
 
 
 @signals.task_prerun.connect
@@ -122,6 +122,11 @@ def _beat_forever(holdings: Holdings) -> None:
             holdings.beat()
         except Exception as exc:  # Redis away: the next beat tries again
             structlog.get_logger("tasks.worker").warning("holdings_beat_failed",
+                                                         error=repr(exc))
+        try:
+            services().epoch.check()  # did Redis come back empty? (celeriac.epoch)
+        except Exception as exc:
+            structlog.get_logger("tasks.worker").warning("epoch_check_failed",
                                                          error=repr(exc))
         _heartbeat_stop.wait(interval)
 

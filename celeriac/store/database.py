@@ -6,9 +6,11 @@ passes the Redactor first: whatever path outside text takes, no secret is stored
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from celeriac.errors import StoreUnavailable
 from celeriac.redaction import NO_SECRETS, Redactor
 from celeriac.store import migrate
 
@@ -27,28 +30,60 @@ MIGRATION_LOCK_ID = 4242001  # pg_advisory_xact_lock key
 MIGRATION_WAIT_S = 600
 
 
+SQLITE_BUSY_S = 30  # how long an unbounded SQLite writer waits for the write lock
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long one connection attempt, one statement and one lock wait may take
+    (None: as long as it takes). The web tier bounds all three, so that a dead or
+    locked store turns into a quick 503 instead of a hung request; see
+    ``Services.request_timeouts``. PostgreSQL enforces them server-side
+    (``statement_timeout``, ``lock_timeout``). SQLite's statements run in process;
+    its lock wait (the busy timeout, and the in-process write turn) is bounded by
+    the statement timeout when there is one (see below)."""
+
+    connect_s: float | None = None
+    statement_s: float | None = None
+    lock_s: float | None = None
+
+
 class Database:
-    def __init__(self, url: str, *, echo: bool = False, redactor: Redactor = NO_SECRETS):
+    def __init__(self, url: str, *, echo: bool = False, timeouts: Timeouts | None = None,
+                 redactor: Redactor = NO_SECRETS):
         parsed = make_url(url)
         self.url = url
         self.redactor = redactor
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._in_memory = self.is_sqlite and parsed.database in (None, "", ":memory:")
+        self.timeouts = timeouts or Timeouts()
+        lock_s = self.timeouts.lock_s
+        if self.is_sqlite and self.timeouts.statement_s is not None:
+            # One file lock for every writer, held for a whole transaction: waiting
+            # for it is ordinary contention, so a SQLite writer may wait as long as a
+            # statement may run (a PostgreSQL lock wait means a conflict).
+            lock_s = self.timeouts.statement_s
+        self._lock_wait_s = lock_s
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            busy_s = lock_s if lock_s is not None else SQLITE_BUSY_S
+            kwargs["connect_args"] = {"timeout": busy_s, "check_same_thread": False}
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20,
+                          connect_args=_postgres_connect_args(self.timeouts))
+            if lock_s is not None:  # a request does not queue for a pooled connection
+                kwargs["pool_timeout"] = lock_s
         self.engine: Engine = create_engine(url, **kwargs)
         self.read_engine: Engine = self.engine
         if self.is_sqlite:
             # Writers take the lock at BEGIN; readers get their own engine with deferred
             # transactions, so that WAL lets them read while a write is under way.
             self.read_engine = create_engine(url, **kwargs)
-            _configure_sqlite(self.engine, immediate=True)
-            _configure_sqlite(self.read_engine, immediate=False)
+            busy_ms = int(1000 * (lock_s if lock_s is not None else SQLITE_BUSY_S))
+            _configure_sqlite(self.engine, immediate=True, busy_timeout_ms=busy_ms)
+            _configure_sqlite(self.read_engine, immediate=False, busy_timeout_ms=busy_ms)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         _scrub_before_flush(self._sessions, redactor)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
@@ -80,6 +115,10 @@ class Database:
         have transactional DDL, so a failed upgrade changes nothing."""
         if not self.is_sqlite:
             with self.engine.begin() as conn:
+                # A migration may wait for another process's and copy tables: the
+                # request timeouts of a web process do not apply to it.
+                conn.execute(text("SET LOCAL statement_timeout = 0"))
+                conn.execute(text("SET LOCAL lock_timeout = 0"))
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
                 yield conn
             return
@@ -103,7 +142,7 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on error."""
-        with self._write_turn or nullcontext():
+        with self._take_write_turn():
             session = self._sessions()
             try:
                 yield session
@@ -113,6 +152,19 @@ class Database:
                 raise
             finally:
                 session.close()
+
+    @contextmanager
+    def _take_write_turn(self) -> Iterator[None]:
+        if self._write_turn is None:
+            yield
+            return
+        wait_s = self._lock_wait_s
+        if not self._write_turn.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise StoreUnavailable("the store is busy; retry later")
+        try:
+            yield
+        finally:
+            self._write_turn.release()
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
@@ -134,8 +186,10 @@ class Database:
             session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        """Read a row of ``runs``: a lock on the table that every request needs blocks
+        this too (up to the lock timeout), where ``SELECT 1`` would answer."""
+        with self.read_engine.connect() as conn:
+            conn.execute(text("SELECT id FROM runs LIMIT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -167,6 +221,20 @@ def _scrub_before_flush(sessions: sessionmaker[Session], redactor: Redactor) -> 
                 clean = redactor.value(value)
                 if clean is not value:
                     setattr(obj, key, clean)
+
+
+def _postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if timeouts.connect_s is not None:
+        args["connect_timeout"] = max(2, math.ceil(timeouts.connect_s))  # libpq's minimum
+    options = []
+    if timeouts.statement_s is not None:
+        options.append(f"-c statement_timeout={int(timeouts.statement_s * 1000)}")
+    if timeouts.lock_s is not None:
+        options.append(f"-c lock_timeout={int(timeouts.lock_s * 1000)}")
+    if options:
+        args["options"] = " ".join(options)
+    return args
 
 
 def _configure_sqlite(

@@ -177,7 +177,7 @@ def test_health_and_readiness(api: FlaskClient) -> None:
     assert api.get("/healthz").get_json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"store": "ok", "broker": "ok"}
+    assert ready.get_json()["checks"] == {"store": "ok", "redis": "ok", "broker": "ok"}
 
 
 def test_the_form_is_served_without_external_assets(api: FlaskClient) -> None:

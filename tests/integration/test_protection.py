@@ -105,9 +105,12 @@ def test_exporter_refuses_to_start_without_a_token(
     assert "serving" not in result.stdout
 
 
+# Every spelling of "off" the Settings object reads as production.
+@pytest.mark.parametrize("dev_mode", ["0", "off", "false", "no", "OFF"])
 def test_flowerconfig_refuses_outside_dev_mode_without_basic_auth(
-    prod_env: dict[str, str],
+    prod_env: dict[str, str], dev_mode: str,
 ) -> None:
+    prod_env = {**prod_env, "CELERIAC_DEV_MODE": dev_mode}
     # Imported the way Flower executes it (its --conf file).
     load = [sys.executable, "-c", "import runpy; runpy.run_path('config/flowerconfig.py')"]
     refused = _exits(load, prod_env)
@@ -124,8 +127,11 @@ def flower_command() -> list[str]:
             "--conf=config/flowerconfig.py"]
 
 
-def test_flower_refuses_to_start_without_basic_auth(prod_env: dict[str, str]) -> None:
-    result = _exits(flower_command(), {**prod_env, "CELERIAC_FLOWER_PORT": str(free_port())})
+@pytest.mark.parametrize("dev_mode", ["0", "off"])
+def test_flower_refuses_to_start_without_basic_auth(prod_env: dict[str, str],
+                                                    dev_mode: str) -> None:
+    env = {**prod_env, "CELERIAC_DEV_MODE": dev_mode, "CELERIAC_FLOWER_PORT": str(free_port())}
+    result = _exits(flower_command(), env)
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH" in result.stdout + result.stderr
 

@@ -4,7 +4,6 @@ no accepted task is lost, and workers consume again without being restarted."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,38 +13,8 @@ import pytest
 from app import create_app
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit, wait_terminal
-from tests.support.services import (
-    free_port,
-    redis_answers,
-    start_beat,
-    start_worker,
-)
+from tests.support.services import PrivateRedis, start_beat, start_worker
 from tests.support.waiting import wait_for
-
-
-class PrivateRedis:
-    def __init__(self, directory: Path):
-        self.dir, self.port = directory, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: redis_answers(self.url), timeout=20, what="redis to start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
 
 
 @pytest.fixture
@@ -55,8 +24,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
     server.start()
     yield server
-    if server.process is not None and server.process.poll() is None:
-        server.kill()
+    server.stop()
 
 
 def test_tasks_survive_a_redis_restart(private_redis: PrivateRedis, simulator: Any,
