@@ -16,6 +16,7 @@ from app import api, dashboard, events, health, openapi, providers, web
 from app.auth import install_auth
 from app.context import WebContext
 from app.errors import register_error_handlers
+from app.json_provider import StrictJSONProvider
 from app.queueing import StepQueue
 from celeriac.auth import Authenticator
 from celeriac.observer import RunReport
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                                settings.provider_key("openai")) if k]
         configure_logging(settings.log_level, secrets)
     flask_app = Flask(__name__)
+    flask_app.json = StrictJSONProvider(flask_app)
     if configure_tracing("celeriac-web", settings.tracing):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 

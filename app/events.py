@@ -16,6 +16,7 @@ from flask.typing import ResponseReturnValue
 
 from app.auth import current_tenant
 from app.context import web
+from app.schemas import parse_last_event_id
 from celeriac.views import load_run_document, run_version
 
 bp = Blueprint("events", __name__, url_prefix="/agent")
@@ -30,7 +31,7 @@ def events(task_id: str) -> ResponseReturnValue:
     db = web().services.db
     load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream starts
     raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
-    last_seen = int(raw_last) if raw_last.isdigit() else 0
+    last_seen = parse_last_event_id(raw_last)
 
     def stream() -> Iterator[str]:
         seen = last_seen

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +15,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
+
+from celeriac.errors import InvalidRequest
 
 PriorityName = Literal["high", "normal", "low"]
 
@@ -40,6 +43,24 @@ WEBHOOK_URL = (
     r"^https?://(\[[0-9A-Fa-f:.]+\]|([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63})"
     r"(:[0-9]{1,5})?([/?#][^\s]*)?$"
 )
+
+
+# Printable ASCII: a header value, and a key the store can hold on every backend.
+IDEMPOTENCY_KEY_PATTERN = r"^[ -~]{1,255}$"
+# An event id is a run's version: ASCII digits, few enough to fit a 64-bit integer.
+LAST_EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
+
+
+def parse_last_event_id(raw: str | None) -> int:
+    """The ``Last-Event-ID`` header (or ``last_event_id`` query) of an event stream
+    reconnect: 0 when absent. Only ASCII digits: ``str.isdigit`` also takes "١٢" and
+    "²", and ``int()`` raises past 4,300 digits."""
+    if raw is None or raw == "":
+        return 0
+    if not re.fullmatch(LAST_EVENT_ID_PATTERN, raw):
+        raise InvalidRequest("Last-Event-ID must be an event id: 1-18 ASCII digits",
+                             field="Last-Event-ID")
+    return int(raw)
 
 
 class RunRequest(BaseModel):

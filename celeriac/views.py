@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,15 @@ from celeriac.clock import aware
 from celeriac.errors import NotFound
 from celeriac.pricing import nanos_to_usd
 from celeriac.store import Database, Run, Step, Thread
+
+# Every task and thread id this store makes (uuid4 hex) or accepts (RunRequest's
+# thread_id) has this shape. Anything else is unknown without asking the store,
+# which may refuse to be asked: PostgreSQL rejects NUL in a query parameter.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _unknown(kind: str, ident: str) -> NotFound:
+    return NotFound(f"no {kind} {ident[:64]!r}")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -100,10 +110,12 @@ def _usage(runs: list[Run]) -> dict[str, Any]:
 
 def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> dict[str, Any]:
     """A thread's turns (its tasks, in order), with usage and cost each and in all."""
+    if not _ID.fullmatch(thread_id):
+        raise _unknown("thread", thread_id)
     with db.reader() as s:
         thread = s.get(Thread, thread_id)
         if thread is None or (tenant is not None and thread.tenant != tenant):
-            raise NotFound(f"no thread {thread_id!r}")
+            raise _unknown("thread", thread_id)
         runs = list(
             s.scalars(select(Run).where(Run.thread_id == thread_id).order_by(Run.thread_seq))
         )
@@ -133,10 +145,12 @@ def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> di
 
 
 def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> dict[str, Any]:
+    if not _ID.fullmatch(run_id):
+        raise _unknown("task", run_id)
     with db.reader() as s:
         run = s.get(Run, run_id)
         if run is None or (tenant is not None and run.tenant != tenant):
-            raise NotFound(f"no task {run_id!r}")
+            raise _unknown("task", run_id)
         steps = list(s.scalars(select(Step).where(Step.run_id == run_id)))
         return run_document(run, steps)
 
