@@ -30,8 +30,8 @@ MAX_STREAM_S = 600.0  # the client reconnects with Last-Event-ID after this
 def events(task_id: str) -> ResponseReturnValue:
     db = web().services.db
     load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream starts
-    raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
-    last_seen = parse_last_event_id(raw_last)
+    last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"),
+                                    request.args.get("last_event_id"))
 
     def stream() -> Iterator[str]:
         seen = last_seen

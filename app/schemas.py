@@ -48,19 +48,20 @@ WEBHOOK_URL = (
 # Printable ASCII: a header value, and a key the store can hold on every backend.
 IDEMPOTENCY_KEY_PATTERN = r"^[ -~]{1,255}$"
 # An event id is a run's version: ASCII digits, few enough to fit a 64-bit integer.
-LAST_EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
+# Empty (or absent) means from the start.
+LAST_EVENT_ID_PATTERN = r"^[0-9]{0,18}$"
 
 
-def parse_last_event_id(raw: str | None) -> int:
-    """The ``Last-Event-ID`` header (or ``last_event_id`` query) of an event stream
-    reconnect: 0 when absent. Only ASCII digits: ``str.isdigit`` also takes "١٢" and
-    "²", and ``int()`` raises past 4,300 digits."""
-    if raw is None or raw == "":
-        return 0
-    if not re.fullmatch(LAST_EVENT_ID_PATTERN, raw):
-        raise InvalidRequest("Last-Event-ID must be an event id: 1-18 ASCII digits",
-                             field="Last-Event-ID")
-    return int(raw)
+def parse_last_event_id(header: str | None, query: str | None = None) -> int:
+    """Where an event stream resumes: the ``Last-Event-ID`` header of a reconnect, or
+    the ``last_event_id`` query of a client that cannot set headers (the header wins);
+    0 when neither is given. Both are checked: only ASCII digits (``str.isdigit``
+    also takes "١٢" and "²", and ``int()`` raises past 4,300 digits)."""
+    for raw in (query, header):
+        if raw is not None and not re.fullmatch(LAST_EVENT_ID_PATTERN, raw):
+            raise InvalidRequest("Last-Event-ID must be an event id: up to 18 ASCII digits",
+                                 field="Last-Event-ID")
+    return int(header or query or "0")
 
 
 class RunRequest(BaseModel):

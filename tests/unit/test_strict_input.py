@@ -16,14 +16,21 @@ from celeriac.messages import from_openai_message
                          [(None, 0), ("", 0), ("0", 0), ("42", 42), ("9" * 18, 10**18 - 1)])
 def test_last_event_id_of_ascii_digits(raw: str | None, expected: int) -> None:
     assert parse_last_event_id(raw) == expected
+    assert parse_last_event_id(None, raw) == expected
+
+
+def test_the_header_wins_over_the_query() -> None:
+    assert parse_last_event_id("7", "3") == 7
+    assert parse_last_event_id("", "3") == 3
 
 
 @pytest.mark.parametrize("raw", ["\u0661\u0662", "\u00b2", "-1", "+1", " 1", "1 ", "1\n",
                                  "1_0", "1e3", "0x1f", "9" * 19, "9" * 5000])
 def test_last_event_id_refuses_anything_else(raw: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        parse_last_event_id(raw)
-    assert caught.value.field == "Last-Event-ID"
+    for header, query in ((raw, None), (None, raw), ("5", raw), (raw, "5")):
+        with pytest.raises(InvalidRequest) as caught:
+            parse_last_event_id(header, query)
+        assert caught.value.field == "Last-Event-ID"
 
 
 @pytest.mark.parametrize(
