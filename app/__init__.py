@@ -6,6 +6,7 @@ an agent: it validates, persists, enqueues and answers.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import structlog
@@ -25,6 +26,8 @@ from celeriac.webhooks.trigger import webhook_event
 from config.logging import configure_logging
 from config.settings import Settings
 from config.tracing import configure_tracing
+
+REQUEST_ID = re.compile(r"[!-~]{1,64}")
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
@@ -64,8 +67,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     @flask_app.before_request
     def _bind_request_id() -> None:
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g.request_id = request_id[:64]
+        request_id = request.headers.get("X-Request-ID", "")[:64]
+        # Echoed in a response header and logged: printable ASCII only, else our own.
+        g.request_id = request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
 

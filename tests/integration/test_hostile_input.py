@@ -269,3 +269,12 @@ def test_a_non_finite_number_stored_before_is_served_as_null(client: FlaskClient
     answer = client.get("/agent/status/from-before-nan")
     assert answer.status_code == 200
     assert strict_json_answer(answer.data)["metadata"] == {"k": None, "ok": [1, None]}
+
+
+def test_a_request_id_is_echoed_only_when_printable(client: FlaskClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "req-42"}).headers[
+        "X-Request-ID"] == "req-42"
+    for hostile in ("\x00", "a\x01b", "tab\there", "é"):
+        echoed = client.get("/healthz", headers={"X-Request-ID": hostile}).headers[
+            "X-Request-ID"]
+        assert len(echoed) == 32 and echoed.isalnum(), repr(echoed)
