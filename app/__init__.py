@@ -6,6 +6,7 @@ an agent: it validates, persists, enqueues and answers.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import structlog
@@ -16,6 +17,7 @@ from app import api, dashboard, events, health, openapi, providers, web
 from app.auth import install_auth
 from app.context import WebContext
 from app.errors import register_error_handlers
+from app.json_provider import StrictJSONProvider
 from app.queueing import StepQueue
 from app.streams import RunWatcher
 from celeriac.auth import Authenticator
@@ -28,12 +30,15 @@ from config.logging import configure_logging
 from config.settings import Settings
 from config.tracing import configure_tracing
 
+REQUEST_ID = re.compile(r"[!-~]{1,64}")
+
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
     settings = settings or Settings()
     if configure_logs:
         configure_logging(settings.log_level, Redactor(settings.secret_values()))
     flask_app = Flask(__name__)
+    flask_app.json = StrictJSONProvider(flask_app)
     if configure_tracing("celeriac-web", settings.tracing_mode):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
@@ -65,8 +70,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     @flask_app.before_request
     def _bind_request_id() -> None:
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g.request_id = request_id[:64]
+        request_id = request.headers.get("X-Request-ID", "")[:64]
+        # Echoed in a response header and logged: printable ASCII only, else our own.
+        g.request_id = request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from app.auth import current_tenant
 from app.context import web
 from app.errors import validation_error
-from app.schemas import RunRequest
+from app.schemas import IDEMPOTENCY_KEY_PATTERN, RunRequest
+from celeriac import strict_json
 from celeriac.budget.ledger import usage_report
 from celeriac.clock import utcnow
 from celeriac.dashboard import budget_summary
@@ -27,6 +28,7 @@ from celeriac.webhooks import UnresolvableHost, check_url
 bp = Blueprint("api", __name__, url_prefix="/agent")
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def json_body() -> dict[str, Any]:
@@ -38,10 +40,7 @@ def json_body() -> dict[str, Any]:
     limit = web().services.settings.max_body_bytes
     if len(raw) > limit:
         raise CeleriacError(f"the body is larger than {limit} bytes", code="payload_too_large")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise CeleriacError(f"malformed JSON: {exc}", code="malformed_json") from None
+    body = strict_json.loads(raw)  # NaN, 1e400, NUL, deep nesting... refused, field named
     if not isinstance(body, dict):
         raise CeleriacError("the body must be a JSON object", code="malformed_json")
     return body
@@ -54,8 +53,6 @@ def run() -> ResponseReturnValue:
         req = RunRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    except RecursionError:
-        raise CeleriacError("JSON nested too deeply", code="malformed_json") from None
     services = web().services
     if len(req.input) > services.settings.max_input_chars:
         raise InvalidRequest(
@@ -66,8 +63,9 @@ def run() -> ResponseReturnValue:
     if req.webhook_url is not None:
         check_webhook_url(req.webhook_url)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters",
+                             field="Idempotency-Key")
     accepted = submit(
         services.db,
         services.catalog(),
@@ -198,9 +196,12 @@ def _date_arg(name: str, default: date) -> date:
     if raw is None:
         return default
     try:
-        return date.fromisoformat(raw)
+        # fromisoformat alone also takes "20240101" and "2024-W01-1".
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", raw):
+            return date.fromisoformat(raw)
     except ValueError:
-        raise InvalidRequest(f"{name} must be a date, YYYY-MM-DD", field=name) from None
+        pass
+    raise InvalidRequest(f"{name} must be a date, YYYY-MM-DD", field=name)
 
 
 def check_webhook_url(url: str) -> None:
@@ -240,10 +241,11 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", field=name) from None
+    # ASCII digits only: int() also takes "١٢", " 12 " and "1_2", and raises past
+    # 4,300 digits.
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise InvalidRequest(f"{name} must be an integer", field=name)
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}", field=name)
     return value

@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 
 from app.auth import current_key_id, current_tenant
 from app.context import web
-from celeriac.errors import InvalidRequest
+from app.schemas import parse_last_event_id
 from celeriac.views import load_run_document
 
 bp = Blueprint("events", __name__, url_prefix="/agent")
@@ -27,20 +27,6 @@ bp = Blueprint("events", __name__, url_prefix="/agent")
 HEARTBEAT_S = 15.0
 MAX_STREAM_S = 600.0  # the client reconnects with Last-Event-ID after this
 TERMINAL = ("completed", "failed", "cancelled")
-_MAX_EVENT_ID_DIGITS = 18  # versions are 64-bit counters
-
-
-def parse_last_event_id(raw: str | None) -> int:
-    """The version a reconnecting client has seen: ASCII digits only (``str.isdigit``
-    also takes other scripts' digits, which ``int`` then reads), and a bounded length."""
-    if raw is None or raw == "":
-        return 0
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_EVENT_ID_DIGITS):
-        raise InvalidRequest(
-            f"Last-Event-ID must be a number of at most {_MAX_EVENT_ID_DIGITS} digits",
-            field="Last-Event-ID",
-        )
-    return int(raw)
 
 
 def _event(name: str, data: object, event_id: int | None = None) -> str:
@@ -53,9 +39,8 @@ def events(task_id: str) -> ResponseReturnValue:
     context = web()
     db = context.services.db
     first = load_run_document(db, task_id, tenant=current_tenant())  # 404 before the stream
-    last_seen = parse_last_event_id(
-        request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    )
+    last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"),
+                                    request.args.get("last_event_id"))
     subscription = context.run_watcher.subscribe(task_id, current_key_id())
 
     def stream() -> Iterator[str]:

@@ -54,6 +54,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json("ErrorResponse", text[s]) for s in statuses}
 
 
+_RUN_422 = (
+    "Invalid field (`validation_error`, with the field: NUL characters, numbers beyond a "
+    "double, ...), unknown agent or model, provider not configured, or the "
+    "Idempotency-Key already used with a different request (`idempotency_key_reused`)"
+)
+
 _AUTH_ERRORS = {
     401: "No valid API key (required once any key exists, and always outside dev mode)",
     429: "Too many requests for this API key (Retry-After), or a daily budget is spent",
@@ -89,7 +95,11 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "Retrying with the same key and request answers "
+                                       "the earlier task (200); the same key with a "
+                                       "different request is refused (422)",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                   "pattern": schemas.IDEMPOTENCY_KEY_PATTERN},
                     }
                 ],
                 "requestBody": {
@@ -107,7 +117,8 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
                         },
                     },
                     "200": _json("RunAccepted", "Same Idempotency-Key: the earlier task"),
-                    **_errors(400, 404, 413, 415, 422, 429, 503),
+                    **_errors(400, 404, 413, 415, 429, 503),
+                    "422": _json("ErrorResponse", _RUN_422),
                 },
             }
         },
@@ -134,7 +145,15 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
             "get": {
                 "summary": "Server-Sent Events of status changes (resumable: Last-Event-ID)",
                 "operationId": "streamEvents",
-                "parameters": [_TASK_ID],
+                "parameters": [
+                    _TASK_ID,
+                    {"name": "Last-Event-ID", "in": "header", "required": False,
+                     "description": "Resume after this event id",
+                     "schema": {"type": "string", "pattern": schemas.LAST_EVENT_ID_PATTERN}},
+                    {"name": "last_event_id", "in": "query", "required": False,
+                     "description": "Last-Event-ID, for clients that cannot set headers",
+                     "schema": {"type": "string", "pattern": schemas.LAST_EVENT_ID_PATTERN}},
+                ],
                 "responses": {
                     "200": {
                         "description": "event: status (data: RunStatus JSON), then event: "
@@ -150,6 +169,7 @@ def build_document(*, key_required: bool = True) -> dict[str, Any]:
                         }}},
                     },
                     **_errors(404),
+                    "422": _json("ErrorResponse", "Last-Event-ID is not an event id"),
                 },
             }
         },

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +15,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
+
+from celeriac.errors import InvalidRequest
 
 PriorityName = Literal["high", "normal", "low"]
 
@@ -40,6 +43,25 @@ WEBHOOK_URL = (
     r"^https?://(\[[0-9A-Fa-f:.]+\]|([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63})"
     r"(:[0-9]{1,5})?([/?#][^\s]*)?$"
 )
+
+
+# Printable ASCII: a header value, and a key the store can hold on every backend.
+IDEMPOTENCY_KEY_PATTERN = r"^[ -~]{1,255}$"
+# An event id is a run's version: ASCII digits, few enough to fit a 64-bit integer.
+# Empty (or absent) means from the start.
+LAST_EVENT_ID_PATTERN = r"^[0-9]{0,18}$"
+
+
+def parse_last_event_id(header: str | None, query: str | None = None) -> int:
+    """Where an event stream resumes: the ``Last-Event-ID`` header of a reconnect, or
+    the ``last_event_id`` query of a client that cannot set headers (the header wins);
+    0 when neither is given. Both are checked: only ASCII digits (``str.isdigit``
+    also takes "١٢" and "²", and ``int()`` raises past 4,300 digits)."""
+    for raw in (query, header):
+        if raw is not None and not re.fullmatch(LAST_EVENT_ID_PATTERN, raw):
+            raise InvalidRequest("Last-Event-ID must be an event id: up to 18 ASCII digits",
+                                 field="Last-Event-ID")
+    return int(header or query or "0")
 
 
 class RunRequest(BaseModel):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from celeriac import strict_json
+
 Block = dict[str, Any]
 Message = dict[str, Any]
 
@@ -79,8 +81,10 @@ def from_openai_message(message: dict[str, Any]) -> list[Block]:
         fn = call.get("function", {})
         raw = fn.get("arguments") or "{}"
         try:
-            arguments = json.loads(raw)
-        except json.JSONDecodeError:
+            # Strictly: NaN or 1e400 from a model would be stored, and served back in
+            # the task's status as something that is not JSON.
+            arguments = strict_json.loads(raw)
+        except strict_json.JSONRejected:
             arguments = {"_raw": raw}
         if not isinstance(arguments, dict):
             arguments = {"value": arguments}

@@ -4,6 +4,8 @@ anything is queued, and persist the run with its first step in one transaction."
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,6 +49,24 @@ class Accepted:
     thread_id: str | None = None
 
 
+def fingerprint(sub: Submission) -> str:
+    """What makes two requests the same request, for an Idempotency-Key: every field
+    the client chose, canonically encoded. The tenant and the key itself are not in
+    it (the key is looked up per tenant)."""
+    request = {
+        "input": sub.input,
+        "agent": sub.agent,
+        "model": sub.model,
+        "priority": sub.priority,
+        "budget_usd": sub.budget_usd,
+        "webhook_url": sub.webhook_url,
+        "metadata": sub.metadata,
+        "thread_id": sub.thread_id,
+    }
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def submit(
     db: Database,
     catalog: Catalog,
@@ -55,8 +75,9 @@ def submit(
     *,
     max_budget_usd: float,
 ) -> Accepted:
+    digest = fingerprint(sub) if sub.idempotency_key is not None else None
     if sub.idempotency_key is not None:
-        earlier = _find_by_key(db, sub.tenant, sub.idempotency_key)
+        earlier = _find_by_key(db, sub.tenant, sub.idempotency_key, digest)
         if earlier is not None:
             return earlier
     run_id = uuid.uuid4().hex
@@ -86,6 +107,7 @@ def submit(
         webhook_url=sub.webhook_url,
         meta=sub.metadata,
         idempotency_key=sub.idempotency_key,
+        request_fingerprint=digest,
         created_at=now,
         updated_at=now,
         deadline_at=now + timedelta(seconds=version.max_duration_s),
@@ -105,7 +127,7 @@ def submit(
     except IntegrityError:
         # Two requests raced with the same Idempotency-Key: the other one won.
         if sub.idempotency_key is not None:
-            earlier = _find_by_key(db, sub.tenant, sub.idempotency_key)
+            earlier = _find_by_key(db, sub.tenant, sub.idempotency_key, digest)
             if earlier is not None:
                 return earlier
         raise
@@ -129,13 +151,23 @@ def _join_thread(session: Session, tenant: str, thread_id: str | None, now: date
     return thread
 
 
-def _find_by_key(db: Database, tenant: str, key: str) -> Accepted | None:
+def _find_by_key(db: Database, tenant: str, key: str, digest: str | None) -> Accepted | None:
+    """The earlier task with this key, if any. The key with a different request is
+    an error (as Stripe answers it), not that task: the client has a bug, and
+    answering with a task it did not describe would hide it."""
     with db.reader() as session:
         run = session.scalar(
             select(Run).where(Run.tenant == tenant, Run.idempotency_key == key)
         )
         if run is None:
             return None
+        if run.request_fingerprint is not None and run.request_fingerprint != digest:
+            raise InvalidRequest(
+                "this Idempotency-Key was used with a different request; "
+                "use a new key for a new request",
+                field="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
         level = run.priority_level
         return Accepted(
             run.id,

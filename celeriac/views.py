@@ -5,6 +5,7 @@ this last pass also covers rows written before a secret was configured."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,15 @@ from celeriac.errors import NotFound
 from celeriac.pricing import nanos_to_usd
 from celeriac.store import Database, Run, Step, Thread
 from celeriac.store.schema import TERMINAL_STATUSES
+
+# Every task and thread id this store makes (uuid4 hex) or accepts (RunRequest's
+# thread_id) has this shape. Anything else is unknown without asking the store,
+# which may refuse to be asked: PostgreSQL rejects NUL in a query parameter.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _unknown(kind: str, ident: str) -> NotFound:
+    return NotFound(f"no {kind} {ident[:64]!r}")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -105,10 +115,12 @@ def _usage(runs: list[Run]) -> dict[str, Any]:
 
 def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> dict[str, Any]:
     """A thread's turns (its tasks, in order), with usage and cost each and in all."""
+    if not _ID.fullmatch(thread_id):
+        raise _unknown("thread", thread_id)
     with db.reader() as s:
         thread = s.get(Thread, thread_id)
         if thread is None or (tenant is not None and thread.tenant != tenant):
-            raise NotFound(f"no thread {thread_id!r}")
+            raise _unknown("thread", thread_id)
         runs = list(
             s.scalars(select(Run).where(Run.thread_id == thread_id).order_by(Run.thread_seq))
         )
@@ -138,19 +150,14 @@ def load_thread_document(db: Database, thread_id: str, tenant: str | None) -> di
 
 
 def load_run_document(db: Database, run_id: str, tenant: str | None = None) -> dict[str, Any]:
+    if not _ID.fullmatch(run_id):
+        raise _unknown("task", run_id)
     with db.reader() as s:
         run = s.get(Run, run_id)
         if run is None or (tenant is not None and run.tenant != tenant):
-            raise NotFound(f"no task {run_id!r}")
+            raise _unknown("task", run_id)
         steps = list(s.scalars(select(Step).where(Step.run_id == run_id)))
         return db.redactor.value(run_document(run, steps))
-
-
-def run_version(db: Database, run_id: str) -> tuple[int, bool] | None:
-    """(version, terminal) of a run, cheaply, for the event stream's polling."""
-    with db.reader() as s:
-        run = s.get(Run, run_id)
-        return None if run is None else (run.version, run.terminal)
 
 
 def run_versions(db: Database, run_ids: Collection[str]) -> dict[str, tuple[int, bool]]:

@@ -43,6 +43,10 @@ class Run(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # sha256 of the accepted request (celeriac.submission.fingerprint): a key reused
+    # with a different request is refused, not answered with this task. NULL on runs
+    # accepted before it was kept: those match any request, as they always did.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     # The conversation this task continues, and its place in it (1, 2, ...): a task
     # starts only when every earlier task of its thread has ended.
     thread_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)

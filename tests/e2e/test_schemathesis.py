@@ -2,10 +2,11 @@
 stateful links included) against the live app: no 5xx, no response that breaks the
 schema, no schema-valid request refused (but for the SSRF rule on webhook_url).
 
-Twice: in dev mode before the first key (the document declares the key optional),
-and outside dev mode with a key, where the document declares it required and
-Schemathesis's ``ignored_auth`` check sends each operation without it and with a
-wrong one, expecting a refusal."""
+Three times: in dev mode before the first key (the document declares the key
+optional), on SQLite and on PostgreSQL (which refuses what SQLite stores: NUL
+characters, NaN); and outside dev mode with a key, where the document declares it
+required and Schemathesis's ``ignored_auth`` check sends each operation without it
+and with a wrong one, expecting a refusal."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from celeriac.auth import create_key
 from tests.conftest import settings_from, stack_env
+from tests.support.databases import fresh_database
 from tests.support.services import PROJECT_DIR, RedisServer
 
 FUZZ_DB = 3
@@ -37,27 +39,36 @@ CONFIG = PROJECT_DIR / "tests" / "fixtures" / "schemathesis.toml"
 class Live:
     url: str
     headers: list[str]  # st's -H arguments
+    seed: str = "1"
 
 
-@pytest.fixture(params=["dev-mode", "keyed"])
+@pytest.fixture(params=["dev-mode", "keyed",
+                        pytest.param("postgres", marks=pytest.mark.postgres)])
 def live(request: pytest.FixtureRequest, redis_server: RedisServer, simulator: Any,
          tmp_path: Path) -> Iterator[Live]:
+    """``dev-mode`` and ``keyed`` on SQLite; ``postgres``: dev mode on PostgreSQL, which
+    refuses what SQLite stores (NUL characters, NaN)."""
     redis_url = redis_server.url(FUZZ_DB)
     redis.Redis.from_url(redis_url).flushdb()
-    env = stack_env(redis_url, f"sqlite:///{tmp_path / 'fuzz.db'}", simulator.url)
-    env.update(CELERIAC_WEBHOOK_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    keyed = request.param == "keyed"
-    if keyed:
-        env["CELERIAC_DEV_MODE"] = "0"
-    app = create_app(settings_from(env), configure_logs=False)
-    headers = []
-    if keyed:
-        key = create_key(app.extensions["celeriac"].services.db, "fuzz")
-        headers = ["-H", f"Authorization: Bearer {key}"]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield Live(f"http://127.0.0.1:{server.server_port}", headers)
-    server.shutdown()
+    kind = "postgres" if request.param == "postgres" else "sqlite"
+    with fresh_database(kind, tmp_path) as database_url:
+        env = stack_env(redis_url, database_url, simulator.url)
+        env.update(CELERIAC_WEBHOOK_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        keyed = request.param == "keyed"
+        if keyed:
+            env["CELERIAC_DEV_MODE"] = "0"
+        app = create_app(settings_from(env), configure_logs=False)
+        headers = []
+        if keyed:
+            key = create_key(app.extensions["celeriac"].services.db, "fuzz")
+            headers = ["-H", f"Authorization: Bearer {key}"]
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # Another seed on PostgreSQL: other cases than SQLite's dev-mode run.
+        yield Live(f"http://127.0.0.1:{server.server_port}", headers,
+                   seed="2" if kind == "postgres" else "1")
+        server.shutdown()
+        app.extensions["celeriac"].services.db.dispose()
     redis.Redis.from_url(redis_url).flushdb()
 
 
@@ -75,7 +86,7 @@ def test_schemathesis_finds_no_failure(live: Live) -> None:
     examples = "20" if live.headers else "40"
     result = subprocess.run(
         [str(st), "--config-file", str(CONFIG), "run", f"{live.url}/openapi.json",
-         "--checks", "all", "--max-examples", examples, "--workers", "1", "--seed", "1",
+         "--checks", "all", "--max-examples", examples, "--workers", "1", "--seed", live.seed,
          *live.headers],
         capture_output=True, text=True, timeout=600,
     )
