@@ -10,11 +10,10 @@ stream says so in an ``error`` event and ends). It ends after the terminal statu
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
 
 from app.auth import current_key_id, current_tenant
@@ -29,9 +28,10 @@ MAX_STREAM_S = 600.0  # the client reconnects with Last-Event-ID after this
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def _event(name: str, data: object, event_id: int | None = None) -> str:
+def _event(dumps: Callable[[object], str], name: str, data: object,
+           event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
+    return f"{head}event: {name}\ndata: {dumps(data)}\n\n"
 
 
 @bp.get("/events/<task_id>")
@@ -42,6 +42,9 @@ def events(task_id: str) -> ResponseReturnValue:
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"),
                                     request.args.get("last_event_id"))
     subscription = context.run_watcher.subscribe(task_id, current_key_id())
+    # The app's JSON provider, taken now (the stream runs outside the app context):
+    # strict JSON, as every answer, even for a value stored before strict input.
+    dumps = current_app.json.dumps
 
     def stream() -> Iterator[str]:
         try:
@@ -51,7 +54,7 @@ def events(task_id: str) -> ResponseReturnValue:
             yield "retry: 1000\n\n"
             while True:
                 if subscription.revoked:
-                    yield _event("error", {"code": "unauthorized",
+                    yield _event(dumps, "error", {"code": "unauthorized",
                                            "message": "the API key was revoked"})
                     return
                 if subscription.gone:
@@ -62,9 +65,9 @@ def events(task_id: str) -> ResponseReturnValue:
                     version = int(str(doc["version"]))
                     if version > seen:
                         seen = version
-                        yield _event("status", doc, seen)
+                        yield _event(dumps, "status", doc, seen)
                     if doc["status"] in TERMINAL:
-                        yield _event("end", {})
+                        yield _event(dumps, "end", {})
                         return
                     doc = None
                 now = time.monotonic()

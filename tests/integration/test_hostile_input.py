@@ -265,10 +265,16 @@ def test_a_non_finite_number_stored_before_is_served_as_null(client: FlaskClient
     with db.session() as session:
         session.add(Run(id="from-before-nan", agent="default", agent_version="1", model="m",
                         input="hi", meta={"k": float("nan"), "ok": [1, float("inf")]},
-                        created_at=now, updated_at=now))
+                        status="completed", created_at=now, updated_at=now))
     answer = client.get("/agent/status/from-before-nan")
     assert answer.status_code == 200
     assert strict_json_answer(answer.data)["metadata"] == {"k": None, "ok": [1, None]}
+    # The event stream too (the run has ended, so the stream does).
+    stream = client.get("/agent/events/from-before-nan")
+    data = [line[6:] for line in stream.get_data(as_text=True).splitlines()
+            if line.startswith("data: ")]
+    assert len(data) == 2, data  # status, end
+    assert strict_json_answer(data[0].encode())["metadata"] == {"k": None, "ok": [1, None]}
 
 
 def test_a_request_id_is_echoed_only_when_printable(client: FlaskClient) -> None:
