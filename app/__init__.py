@@ -20,11 +20,11 @@ from app.errors import register_error_handlers
 from app.json_provider import StrictJSONProvider
 from app.queueing import StepQueue
 from app.streams import RunWatcher
-from celeriac.auth import Authenticator
-from celeriac.observer import RunReport
+from celeriac.api_keys import Authenticator
+from celeriac.observability.observer import RunReport
+from celeriac.readmodels.documents import run_versions
 from celeriac.redaction import Redactor
 from celeriac.services import Services
-from celeriac.views import run_versions
 from celeriac.webhooks.trigger import webhook_event
 from config.logging import configure_logging
 from config.settings import Settings

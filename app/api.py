@@ -16,13 +16,13 @@ from app.context import web
 from app.errors import validation_error
 from app.schemas import IDEMPOTENCY_KEY_PATTERN, RunRequest
 from celeriac import strict_json
-from celeriac.budget.ledger import usage_report
+from celeriac.accounting.ledger import usage_report
+from celeriac.accounting.pricing import usd_to_nanos
 from celeriac.clock import utcnow
-from celeriac.dashboard import budget_summary
 from celeriac.errors import BudgetSpent, CeleriacError, InvalidRequest
-from celeriac.pricing import usd_to_nanos
-from celeriac.submission import Submission, submit
-from celeriac.views import list_runs, load_run_document, load_thread_document
+from celeriac.execution.submission import Submission, submit
+from celeriac.readmodels.dashboard_figures import budget_summary
+from celeriac.readmodels.documents import list_runs, load_run_document, load_thread_document
 from celeriac.webhooks import UnresolvableHost, check_url
 
 bp = Blueprint("api", __name__, url_prefix="/agent")

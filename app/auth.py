@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from app.context import web
 from app.errors import error_response
-from celeriac.auth import Authenticator
+from celeriac.api_keys import Authenticator
 
 OPEN_TENANT = "default"
 INVALID_KEY = "a valid API key is required: Authorization: Bearer <key>"

@@ -54,10 +54,10 @@ import psutil
 import structlog
 from redis import Redis, RedisError
 
-from celeriac import keys
+from celeriac import redis_keys as keys
 from celeriac.autoscale import Decision, Observation, PolicyConfig, decide, history_for
-from celeriac.metrics import RATE_LIMIT_WAITS
-from celeriac.priority import QUEUES
+from celeriac.execution.priority import QUEUES
+from celeriac.observability.metrics import RATE_LIMIT_WAITS
 from celeriac.redaction import Redactor
 from config.logging import configure_logging
 from config.settings import Settings
@@ -255,7 +255,7 @@ class Autoscaler:
 
 
 def _labels_json(decision: Decision) -> str:
-    # What celeriac.metrics writes and the exporter reads: a JSON object, sorted keys.
+    # What celeriac.observability.metrics writes and the exporter reads: a JSON object, sorted keys.
     return json.dumps({"action": decision.action, "reason_kind": decision.kind}, sort_keys=True)
 
 

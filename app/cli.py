@@ -114,7 +114,7 @@ def _add_key_commands(sub: Any) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from celeriac.auth import create_key, revoke_key
+    from celeriac.api_keys import create_key, revoke_key
     from celeriac.errors import InvalidRequest
     from celeriac.store import Database
     from config.settings import Settings

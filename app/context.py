@@ -8,7 +8,7 @@ from flask import current_app
 
 from app.queueing import StepQueue
 from app.streams import RunWatcher
-from celeriac.auth import Authenticator
+from celeriac.api_keys import Authenticator
 from celeriac.services import Services
 
 

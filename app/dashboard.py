@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from app.auth import current_tenant
 from app.context import web
-from celeriac.dashboard import dashboard_data
+from celeriac.readmodels.dashboard_figures import dashboard_data
 
 bp = Blueprint("dashboard", __name__)
 

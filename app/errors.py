@@ -3,7 +3,7 @@ Werkzeug's own, leaves as ``{"error": {"code", "message", "field"?}}``, never as
 an HTML page or a bare 500.
 
 A dependency that is down or too slow (Redis, the store, the broker: see
-``celeriac.outages``) is ``503`` with ``Retry-After``, whichever view or hook met it.
+``celeriac.durability.outages``) is ``503`` with ``Retry-After``, whichever view or hook met it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from celeriac.durability.outages import as_unavailable
 from celeriac.errors import (
     BrokerUnavailable,
     BudgetSpent,
@@ -26,7 +27,6 @@ from celeriac.errors import (
     NotFound,
     Unavailable,
 )
-from celeriac.outages import as_unavailable
 
 log = structlog.get_logger("app.errors")
 

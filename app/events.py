@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 from app.auth import current_key_id, current_tenant
 from app.context import web
 from app.schemas import parse_last_event_id
-from celeriac.views import load_run_document
+from celeriac.readmodels.documents import load_run_document
 
 bp = Blueprint("events", __name__, url_prefix="/agent")
 

@@ -1,5 +1,5 @@
 """The Prometheus exporter: its own process, serving on :9808 what every worker
-process on every host recorded in Redis (see celeriac.metrics), plus live gauges.
+process on every host recorded in Redis (see celeriac.observability.metrics), plus live gauges.
 
 Run: ``python -m app.exporter [--host 127.0.0.1] [--port 9808]``. Outside dev mode
 (``CELERIAC_DEV_MODE=0``) it requires ``CELERIAC_METRICS_TOKEN`` and answers 401 to
@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import REGISTRY
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from celeriac.gauges import live_gauges
-from celeriac.metrics import RedisCollector
+from celeriac.observability.gauges import live_gauges
+from celeriac.observability.metrics import RedisCollector
 from celeriac.redaction import Redactor
 from celeriac.services import Services
 from config.logging import configure_logging

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from celeriac.queues import message_headers
+from celeriac.observability.queue_depth import message_headers
 from config.celery import LLM_STEP, WEBHOOK, celery_config, native_priorities
 from config.settings import Settings
 

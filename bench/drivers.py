@@ -24,7 +24,7 @@ from bench.bare import DONE_KEY, LLM_TASK, bare_config
 from bench.harness import BENCH_AGENT, Stack
 from bench.processes import BenchError, wait_for
 from celeriac.clock import aware
-from celeriac.messages import user_text
+from celeriac.conversation.messages import user_text
 from celeriac.services import Services
 from celeriac.store import Database, Run, Step
 from celeriac.store.schema import TERMINAL_STATUSES

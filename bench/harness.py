@@ -175,7 +175,7 @@ class Stack:
     def start_simulator(self, latency_ms: float, extra_args: Sequence[str] = ()) -> str:
         process = self.spawn(
             "simulator",
-            [sys.executable, "-m", "celeriac.simulator", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0",
              "--latency-ms", f"{latency_ms:g}", *extra_args],
             child_env({}),
         )

@@ -191,7 +191,7 @@ def render(doc: dict[str, Any], *, command: str) -> str:
         "high,default,low --without-mingle --without-gossip -l INFO`) for throughput and "
         f"overhead, Celeriac and baseline alike; store {run.get('store')} (a fresh one per "
         f"workload); Redis: {run.get('redis')}, one database per workload, flushed "
-        "before it; the simulator (`python -m celeriac.simulator`) and gunicorn (the "
+        "before it; the simulator (`python -m simulator`) and gunicorn (the "
         "Procfile's `web:` line) as their own processes; Celeriac's provider rate limiter "
         "on, with the bench model's limit raised out of reach (`CELERIAC_LIMITS`).",
         *_reruns(run.get("reruns", [])),

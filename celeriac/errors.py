@@ -24,7 +24,7 @@
         └── BrokerUnavailable
 
 ``Unavailable`` is translated from the clients' own errors where they surface
-(``celeriac.outages``); a worker retries the step, as for any infrastructure error,
+(``celeriac.durability.outages``); a worker retries the step, as for any infrastructure error,
 and never fails it for an outage.
 """
 

@@ -13,29 +13,29 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
-from celeriac.budget.config import Budgets, load_budgets
-from celeriac.budget.keeper import BudgetKeeper
-from celeriac.budget.ledger import day_spend
-from celeriac.cache import ResponseCache
-from celeriac.calling import Caller
+from celeriac.accounting.budgets import Budgets, load_budgets
+from celeriac.accounting.keeper import BudgetKeeper
+from celeriac.accounting.ledger import day_spend
 from celeriac.catalog import Catalog, CatalogSource
-from celeriac.epoch import EpochWatcher, store_has_runs
+from celeriac.durability.epoch import EpochWatcher, store_has_runs
+from celeriac.durability.failpoints import Failpoints
+from celeriac.durability.journal import StepJournal
 from celeriac.errors import CeleriacError
-from celeriac.failpoints import Failpoints
-from celeriac.journal import StepJournal
-from celeriac.limits.breaker import CircuitBreaker
-from celeriac.limits.config import Limits, load_limits
-from celeriac.limits.ratelimit import RateLimiter
-from celeriac.loop import AgentLoop
-from celeriac.metrics import RedisMetrics
-from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.execution.loop import AgentLoop
+from celeriac.gateway.cache import ResponseCache
+from celeriac.gateway.caller import Caller
+from celeriac.gateway.limits.breaker import CircuitBreaker
+from celeriac.gateway.limits.config import Limits, load_limits
+from celeriac.gateway.limits.ratelimit import RateLimiter
+from celeriac.gateway.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.gateway.retry import RetryPolicy
+from celeriac.observability.metrics import RedisMetrics
 from celeriac.redaction import Redactor
-from celeriac.retry import RetryPolicy
 from celeriac.store import Database
 from celeriac.store.database import Timeouts
-from celeriac.toolbox import Toolbox
 from celeriac.tools.base import Tool
 from celeriac.tools.builtins import builtin_registry
+from celeriac.tools.toolbox import Toolbox
 from celeriac.webhooks import UrlPolicy
 from config.settings import Settings
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from celeriac.priority import QUEUES
+from celeriac.execution.priority import QUEUES
 from config.settings import Settings
 
 LLM_STEP = "celeriac.llm_step"

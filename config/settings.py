@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     # dead-lettered (a poison step must not kill workers forever).
     max_recoveries: int = 5
     # Failpoints, for chaos tests only: "before_call=0.1,after_call=0.1,..." makes a
-    # worker SIGKILL itself at those points (celeriac/failpoints.py). Never in production.
+    # worker SIGKILL itself at those points (celeriac/durability/failpoints.py).
+    # Never in production.
     failpoints: str | None = None
     # Extra tools, "module:factory,...": each factory takes the Settings and returns
     # tools to register beside the built-ins (agents still list the ones they use).

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from celeriac.claims import Dispatch
-from celeriac.queues import message_headers
-from celeriac.reaper import mark_sent
+from celeriac.durability.reaper import mark_sent
+from celeriac.execution.claims import Dispatch
+from celeriac.observability.queue_depth import message_headers
 from celeriac.store import Database
 from config.celery import LLM_STEP, TOOL_STEP, native_priorities
 

@@ -9,7 +9,7 @@ import structlog
 from celery import Task
 
 from celeriac.errors import CeleriacError
-from celeriac.observer import RunReport
+from celeriac.observability.observer import RunReport
 from config.celery import REMEMBER
 from tasks.worker import app, services
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from celeriac import keys
-from celeriac.holdings import orphaned_steps
-from celeriac.reaper import cleanup as cleanup_runs
-from celeriac.reaper import end_overdue_runs, resend_orphans, settle_expired_reservations
-from celeriac.reaper import reap as reap_steps
+from celeriac import redis_keys as keys
+from celeriac.durability.holdings import orphaned_steps
+from celeriac.durability.reaper import cleanup as cleanup_runs
+from celeriac.durability.reaper import end_overdue_runs, resend_orphans, settle_expired_reservations
+from celeriac.durability.reaper import reap as reap_steps
 from config.celery import CLEANUP, REAP
 from tasks.dispatch import send_steps
 from tasks.worker import app, services, settings

@@ -3,7 +3,7 @@
 Retries go through Celery (``Task.retry`` with a countdown); the core decides the
 countdown and when to stop: exponential backoff 1, 2, 4, 8 s with jitter and a cap
 per model, a larger ``retry-after`` wins, then the next model of the chain
-(``celeriac.retry``). Celery's per-message retry counter cannot express "per model",
+(``celeriac.gateway.retry``). Celery's per-message retry counter cannot express "per model",
 so ``max_retries`` is left unlimited here and the core's policy bounds the attempts.
 Permanent errors fail the run at once.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import structlog
 from celery import Task
 
-from celeriac.claims import Outcome
 from celeriac.errors import CeleriacError, Unavailable
-from celeriac.retry import RetryLater
+from celeriac.execution.claims import Outcome
+from celeriac.gateway.retry import RetryLater
 from config.celery import LLM_STEP, TOOL_STEP
 from tasks.dispatch import send_steps
 from tasks.worker import app, services

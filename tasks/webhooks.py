@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from celery import Task
 
-from celeriac.observer import RunReport
+from celeriac.observability.observer import RunReport
 from celeriac.webhooks import claim_attempt, deliver, overdue, record_result
 from celeriac.webhooks.trigger import webhook_event
 from config.celery import WEBHOOK, WEBHOOK_SWEEP

@@ -13,8 +13,8 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
-from celeriac.claims import Dispatch
-from celeriac.holdings import Holdings
+from celeriac.durability.holdings import Holdings
+from celeriac.execution.claims import Dispatch
 from celeriac.redaction import Redactor
 from celeriac.services import Services
 from config.celery import LLM_STEP, TOOL_STEP, celery_config
@@ -97,7 +97,7 @@ def _unbind_task_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-# -- what this worker holds (celeriac.holdings) ------------------------------------
+# -- what this worker holds (celeriac.durability.holdings) ------------------------------------
 
 _STEP_TASKS = (LLM_STEP, TOOL_STEP)
 _holdings: Holdings | None = None
@@ -124,7 +124,7 @@ def _beat_forever(holdings: Holdings) -> None:
             structlog.get_logger("tasks.worker").warning("holdings_beat_failed",
                                                          error=repr(exc))
         try:
-            services().epoch.check()  # did Redis come back empty? (celeriac.epoch)
+            services().epoch.check()  # did Redis come back empty? (celeriac.durability.epoch)
         except Exception as exc:
             structlog.get_logger("tasks.worker").warning("epoch_check_failed",
                                                          error=repr(exc))

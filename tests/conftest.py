@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from celeriac.simulator import start_in_thread
 from config.settings import CONFIG_DIR, Settings
+from simulator import start_in_thread
 from tests.support.services import (
     IN_CI,
     RedisServer,

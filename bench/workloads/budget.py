@@ -24,9 +24,9 @@ from bench.harness import BENCH_AGENT
 from bench.processes import BenchError
 from bench.registry import Context, Metrics, workload
 from bench.stats import rounded
+from celeriac.accounting.pricing import cost_nanos
 from celeriac.catalog import load_catalog
-from celeriac.pricing import cost_nanos
-from celeriac.providers.base import Usage
+from celeriac.gateway.providers.base import Usage
 from celeriac.store.schema import LedgerEntry
 
 LATENCY_MS = 200.0

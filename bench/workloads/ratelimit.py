@@ -41,8 +41,8 @@ from bench.harness import BENCH_MODEL, Stack
 from bench.processes import BenchError
 from bench.registry import Context, Metrics, workload
 from bench.stats import percentile, rounded
-from celeriac.limits.config import load_limits
-from celeriac.limits.ratelimit import paced_rpm
+from celeriac.gateway.limits.config import load_limits
+from celeriac.gateway.limits.ratelimit import paced_rpm
 from celeriac.store.schema import TERMINAL_STATUSES
 
 LATENCY_MS = 200.0

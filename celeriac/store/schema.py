@@ -43,7 +43,7 @@ class Run(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
-    # sha256 of the accepted request (celeriac.submission.fingerprint): a key reused
+    # sha256 of the accepted request (celeriac.execution.submission.fingerprint): a key reused
     # with a different request is refused, not answered with this task. NULL on runs
     # accepted before it was kept: those match any request, as they always did.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -154,9 +154,9 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     # One row per step: a step pays for one answer. A rerun after its worker died
-    # records the journaled answer (celeriac.journal) instead of paying again. A call
+    # records the journaled answer (celeriac.durability.journal) instead of paying again. A call
     # a worker died with on the wire was billed too: it has a row of its own, marked
-    # "<step>#w<wire id>" and charged at its reservation (celeriac.lost_calls).
+    # "<step>#w<wire id>" and charged at its reservation (celeriac.durability.lost_calls).
     step_id: Mapped[str] = mapped_column(String(64))
     reservation_id: Mapped[str] = mapped_column(String(160), unique=True)
     run_id: Mapped[str] = mapped_column(String(32), index=True)

@@ -19,7 +19,7 @@ from typing import Any
 import httpcore
 import structlog
 
-from celeriac.retry import RetryPolicy
+from celeriac.gateway.retry import RetryPolicy
 from celeriac.webhooks.errors import UnresolvableHost, UrlRefused
 from celeriac.webhooks.signing import encode_body, signature_headers
 from celeriac.webhooks.ssrf import Resolver, UrlPolicy, check_url, url_host

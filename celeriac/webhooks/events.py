@@ -44,7 +44,7 @@ def event_id(run_id: str, event_type: EventType) -> str:
 
 
 def event_payload(run_document: dict[str, Any], event_type: EventType) -> dict[str, Any]:
-    """``{"type", "timestamp", "data"}``, from ``celeriac.views.run_document``.
+    """``{"type", "timestamp", "data"}``, from ``celeriac.readmodels.documents.run_document``.
 
     ``timestamp`` is when the run finished, so every attempt sends the same body."""
     if event_type not in EVENT_TYPES:

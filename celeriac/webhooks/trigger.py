@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from celeriac.observer import RunReport
+from celeriac.observability.observer import RunReport
+from celeriac.readmodels.documents import load_run_document
 from celeriac.store import Database
-from celeriac.views import load_run_document
 from celeriac.webhooks.events import event_id, event_payload, event_type_for
 from celeriac.webhooks.store import record_event
 

@@ -58,7 +58,7 @@ def verify(chaos: Chaos, db: Database, r: redis.Redis, sim_url: str,
     # Provider: one ledger row per LLM step; extra paid requests only on the wire
     # at a kill; nothing after a journaled answer.
     # Calls a worker died with on the wire are charged in rows of their own
-    # ("<step>#w<wire id>", celeriac.lost_calls); the step's own row is its answer.
+    # ("<step>#w<wire id>", celeriac.durability.lost_calls); the step's own row is its answer.
     lost_rows = [row for row in ledger if "#w" in row.step_id]
     ledger = [row for row in ledger if "#w" not in row.step_id]
     per_step_ledger = Counter(row.step_id for row in ledger)

@@ -5,7 +5,7 @@ Each task is an LLM call that asks for a side-effecting tool (``record_effect``,
 tests/chaos/tools.py), the tool call, and a final LLM call, against the simulated
 provider over HTTP. Workers die two ways: by their own failpoints (before the
 provider call, after its answer, before and after the tool, after the record,
-before the ack; ``celeriac/failpoints.py``) and by SIGKILLs from this test at random
+before the ack; ``celeriac/durability/failpoints.py``) and by SIGKILLs from this test at random
 times. Every dead worker is replaced. Then:
 
 - every task is ``completed``, with its own effect in its answer (0 lost);

@@ -27,7 +27,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from celeriac.auth import create_key
+from celeriac.api_keys import create_key
 from tests.conftest import Stack
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import IN_CI, PROJECT_DIR

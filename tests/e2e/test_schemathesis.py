@@ -26,7 +26,7 @@ import redis
 from werkzeug.serving import make_server
 
 from app import create_app
-from celeriac.auth import create_key
+from celeriac.api_keys import create_key
 from tests.conftest import settings_from, stack_env
 from tests.support.databases import fresh_database
 from tests.support.services import PROJECT_DIR, RedisServer

@@ -14,7 +14,7 @@ import redis
 from flask.testing import FlaskClient
 
 from app import create_app
-from celeriac.auth import create_key, revoke_key
+from celeriac.api_keys import create_key, revoke_key
 from tests.conftest import REDIS_DB, settings_from, stack_env
 from tests.support.runs import TERMINAL, submit
 from tests.support.services import RedisServer, start_worker

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from app import create_app
 from app.autoscaler import Probe, workers_gauge_key
-from celeriac import keys
+from celeriac import redis_keys as keys
 from celeriac.store import Run, Step
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit

@@ -18,15 +18,15 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from app import create_app
-from celeriac import keys
-from celeriac.budget.config import Budgets
-from celeriac.budget.keeper import BudgetKeeper, DaySpend
+from celeriac import redis_keys as keys
+from celeriac.accounting.budgets import Budgets
+from celeriac.accounting.keeper import BudgetKeeper, DaySpend
+from celeriac.accounting.pricing import cost_nanos, usd_to_nanos
 from celeriac.catalog import load_catalog
-from celeriac.pricing import cost_nanos, usd_to_nanos
-from celeriac.providers.base import Usage
-from celeriac.simulator import start_in_thread
+from celeriac.gateway.providers.base import Usage
 from celeriac.store import LedgerEntry
 from config.settings import CONFIG_DIR
+from simulator import start_in_thread
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import RedisServer, WorkerProcess, start_worker

@@ -97,7 +97,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def harness(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Harness]:
-    from celeriac.simulator import start_in_thread
+    from simulator import start_in_thread
 
     tmp = tmp_path_factory.mktemp("context")
     config_dir = config_with_agents(tmp / "config", EXTRA_AGENTS, models_toml=EXTRA_MODELS,
@@ -169,8 +169,8 @@ def test_one_long_task_is_folded_mid_run_and_every_tool_call_stays_paired(
     the eight calculator calls it makes, with their results, push the second over.
     The fold cuts in front of the calls (the summary goes in a user message of its
     own before them), and the answer still quotes every result."""
-    from celeriac.context import estimate_tokens
-    from celeriac.messages import user_text
+    from celeriac.conversation.messages import user_text
+    from celeriac.conversation.window import estimate_tokens
 
     before = len(harness.log())
     pairs = ((12, 12), (7, 8), (31, 3), (5, 9), (6, 7), (11, 13), (17, 19), (23, 29))
@@ -247,7 +247,7 @@ def test_the_summarizer_window_is_enforced_by_the_simulator(harness: Harness) ->
 
 def test_recall_finds_the_tenants_earlier_thread_and_never_anothers(harness: Harness) -> None:
     """Last in this module: it creates API keys, after which every request needs one."""
-    from celeriac.auth import create_key
+    from celeriac.api_keys import create_key
 
     db = harness.app.extensions["celeriac"].services.db
     tenants = {name: {"Authorization": f"Bearer {create_key(db, name)}"} for name in "ab"}

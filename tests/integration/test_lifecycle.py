@@ -15,7 +15,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
-from celeriac.priority import QUEUES
+from celeriac.execution.priority import QUEUES
 from celeriac.store import Step
 from config.celery import LLM_STEP, TOOL_STEP
 from tests.conftest import REDIS_DB, Stack, settings_from, stack_env

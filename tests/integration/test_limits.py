@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 import redis
 
-from celeriac import keys
-from celeriac.cache import ResponseCache
-from celeriac.calling import Caller, CallFailed, exhausted
+from celeriac import redis_keys as keys
 from celeriac.catalog import ModelSpec, Price
 from celeriac.errors import RequestExceedsTPM, TransientProviderError
-from celeriac.limits.breaker import CircuitBreaker
-from celeriac.limits.config import BreakerSettings, Limits, ModelLimits
-from celeriac.limits.ratelimit import Grant, RateLimiter
-from celeriac.providers.base import LLMRequest
-from celeriac.providers.registry import ProviderEndpoint, ProviderRegistry
-from celeriac.retry import RetryPolicy
-from celeriac.simulator import start_in_thread
+from celeriac.gateway.cache import ResponseCache
+from celeriac.gateway.caller import Caller, CallFailed, exhausted
+from celeriac.gateway.limits.breaker import CircuitBreaker
+from celeriac.gateway.limits.config import BreakerSettings, Limits, ModelLimits
+from celeriac.gateway.limits.ratelimit import Grant, RateLimiter
+from celeriac.gateway.providers.base import LLMRequest
+from celeriac.gateway.providers.registry import ProviderEndpoint, ProviderRegistry
+from celeriac.gateway.retry import RetryPolicy
+from simulator import start_in_thread
 from tests.support.services import RedisServer
 
 LIMITS_DB = 10

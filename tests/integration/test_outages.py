@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import create_app
-from celeriac.auth import create_key
+from celeriac.api_keys import create_key
 from tests.conftest import settings_from, stack_env
 from tests.support.runs import submit, wait_terminal
 from tests.support.services import (

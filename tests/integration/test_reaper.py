@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from celeriac.clock import utcnow
-from celeriac.reaper import mark_sent, reap
-from celeriac.steps import new_step
+from celeriac.durability.reaper import mark_sent, reap
+from celeriac.execution.step_ids import new_step
 from celeriac.store import Database, Run, Step
 
 

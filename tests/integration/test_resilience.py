@@ -19,9 +19,9 @@ import redis
 from flask import Flask
 
 from app import create_app
-from celeriac import keys
-from celeriac.metrics import CACHE_HITS, RedisCollector
-from celeriac.simulator import start_in_thread
+from celeriac import redis_keys as keys
+from celeriac.observability.metrics import CACHE_HITS, RedisCollector
+from simulator import start_in_thread
 from tests.conftest import settings_from, stack_env
 from tests.support.config import config_with_agents
 from tests.support.runs import submit, wait_terminal

@@ -7,8 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from celeriac.clock import utcnow
-from celeriac.reaper import cleanup
-from celeriac.steps import new_step
+from celeriac.durability.reaper import cleanup
+from celeriac.execution.step_ids import new_step
 from celeriac.store import Database, Run, Step, Thread
 from celeriac.store.schema import MemoryChunk
 

@@ -21,8 +21,8 @@ import httpx
 import openai
 import pytest
 
-from celeriac.simulator import SimConfig, SimulatorHandle, start_in_thread
-from celeriac.simulator.arithmetic import find_expressions
+from simulator import SimConfig, SimulatorHandle, start_in_thread
+from simulator.arithmetic import find_expressions
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -511,7 +511,7 @@ def test_finding_expressions(text: str, expected: list[str]) -> None:
 )
 def test_cli_rejects_bad_arguments(args: list[str], complaint: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "celeriac.simulator", *args],
+        [sys.executable, "-m", "simulator", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -523,7 +523,7 @@ def test_cli_rejects_bad_arguments(args: list[str], complaint: str) -> None:
 
 def test_cli_serves_logs_to_a_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     log_path = tmp_path / "requests.jsonl"
-    command = [sys.executable, "-m", "celeriac.simulator", "--port", "0", "--log", str(log_path)]
+    command = [sys.executable, "-m", "simulator", "--port", "0", "--log", str(log_path)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

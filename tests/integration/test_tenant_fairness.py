@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from app import create_app
-from celeriac.auth import create_key
+from celeriac.api_keys import create_key
 from celeriac.store import Run
 from tests.conftest import settings_from, stack_env
 from tests.support.services import (

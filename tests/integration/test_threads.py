@@ -11,8 +11,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from celeriac.auth import create_key
-from celeriac.steps import llm_step_id
+from celeriac.api_keys import create_key
+from celeriac.execution.step_ids import llm_step_id
 from celeriac.store import Run, Step
 from tests.conftest import Stack
 from tests.support.runs import wait_terminal

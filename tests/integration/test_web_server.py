@@ -20,7 +20,7 @@ import redis
 
 from bench.harness import procfile_command
 from bench.slowclients import hold_slow_clients, submit_body, time_requests
-from celeriac.auth import create_key, revoke_key
+from celeriac.api_keys import create_key, revoke_key
 from celeriac.store import Database
 from tests.conftest import REDIS_DB, stack_env
 from tests.support.services import (

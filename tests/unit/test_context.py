@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from celeriac.catalog import ModelSpec
-from celeriac.context import (
+from celeriac.conversation.folding import window_for
+from celeriac.conversation.messages import Message, user_text
+from celeriac.conversation.window import (
     SUMMARY_HEADER,
     Window,
     choose_fold,
@@ -20,8 +22,6 @@ from celeriac.context import (
     most_tokens,
     with_summary,
 )
-from celeriac.folding import window_for
-from celeriac.messages import Message, user_text
 
 SYSTEM = "You are a helpful assistant."
 TOOLS: list[dict[str, Any]] = [

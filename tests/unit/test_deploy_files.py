@@ -3,7 +3,7 @@ Prometheus or Grafana is needed (promtool and kubectl are used when on PATH).
 
 Besides syntax, the files are checked against the code they deploy: every container
 command against its Procfile line, environment names against config.settings, PromQL
-against the metric families of celeriac.metrics, the KEDA triggers against the Redis
+against the metric families of celeriac.observability.metrics, the KEDA triggers against the Redis
 lists kombu really uses for the Celery queues.
 """
 
@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
 
 from app.exporter import build_app, protected
-from celeriac import metrics
-from celeriac.priority import QUEUES
+from celeriac.execution.priority import QUEUES
+from celeriac.observability import metrics
 from celeriac.store.schema import TERMINAL_STATUSES
 from config.celery import native_priorities
 from config.settings import Settings

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from celeriac.durability.failpoints import NO_FAILPOINTS, Failpoints
 from celeriac.errors import CeleriacError
-from celeriac.failpoints import NO_FAILPOINTS, Failpoints
 from celeriac.tools.base import ToolResult
 from celeriac.tools.limit import run_with_limit
 

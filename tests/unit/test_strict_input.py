@@ -8,8 +8,8 @@ import pytest
 
 from app.schemas import parse_last_event_id
 from celeriac import strict_json
+from celeriac.conversation.messages import from_openai_message
 from celeriac.errors import InvalidRequest
-from celeriac.messages import from_openai_message
 
 
 @pytest.mark.parametrize(("raw", "expected"),

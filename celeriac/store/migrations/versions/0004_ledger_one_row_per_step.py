@@ -1,7 +1,7 @@
 """ledger: one row per step
 
 A step pays for one answer: a rerun after its worker died records the journaled
-answer instead of paying again (celeriac.journal), so ledger.step_id becomes unique.
+answer instead of paying again (celeriac.durability.journal), so ledger.step_id becomes unique.
 
 Revision ID: 0004
 Revises: 0003

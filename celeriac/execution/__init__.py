@@ -1,0 +1,3 @@
+"""Running a task: accepting it, claiming each step, the LLM and tool steps, how runs
+end.
+"""

@@ -1,0 +1,3 @@
+"""Calling providers safely: the caller, pacing and limits, the breaker, retries, the
+response cache, the provider adapters.
+"""

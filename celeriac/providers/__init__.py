@@ -1,7 +1,0 @@
-"""LLM providers behind one interface: Anthropic and OpenAI through their official
-SDKs. The simulated provider (``celeriac.simulator``) is a real HTTP server that both
-adapters reach through their SDKs, so there is no fake adapter."""
-
-from celeriac.providers.base import LLMRequest, LLMResponse, Provider, Usage
-
-__all__ = ["LLMRequest", "LLMResponse", "Provider", "Usage"]
